@@ -1,0 +1,54 @@
+"""``pocketsize bench ARTIFACT_DIR --device DEVICE [--data DATA] [--warmup N] [--iterations N] --out DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``bench`` subcommand; its handler is :func:`main`."""
+    p = subparsers.add_parser(
+        "bench", help="measure latency, memory and on-device accuracy of exported artifacts",
+        description="Run every artifact of an export folder on a device; writes results.json and report.html.")
+    p.add_argument("artifact_dir", metavar="ARTIFACT_DIR",
+                   help="folder written by `pocketsize export` (or one holding original/ and compressed/)")
+    p.add_argument("--device", default="local",
+                   help="local, qemu-aarch64, ssh://user@host[:port], adb[:serial], ios[:udid] (default: local)")
+    p.add_argument("--data", help="the user's data folder; its held-out split is evaluated on the device")
+    p.add_argument("--out", required=True, help="new output folder")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs after the first (default 5)")
+    p.add_argument("--iterations", type=int, default=30, help="minimum timed runs (default 30)")
+    p.add_argument("--min-duration", type=float, default=0.0, metavar="S",
+                   help="keep timing for at least S seconds (default 0)")
+    p.add_argument("--threads", type=int, default=1, help="runtime threads (default 1: steadiest numbers)")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                   help="per-artifact time limit; past it the run is marked failed (default 600)")
+    p.add_argument("--eval-samples", type=int, default=None, metavar="N",
+                   help="held-out samples to evaluate (default: all locally, 16 under emulation)")
+    p.add_argument("--formats", help="comma-separated subset of executorch,onnx,coreml")
+    p.add_argument("--seed", type=int, default=0, help="data split seed used by compress (default 0)")
+    p.set_defaults(func=main)
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    from . import BenchConfig, run
+
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip()) if args.formats else None
+    config = BenchConfig(warmup=args.warmup, iterations=args.iterations, min_duration_s=args.min_duration,
+                         threads=args.threads, timeout_s=args.timeout, eval_samples=args.eval_samples,
+                         seed=args.seed, formats=formats)
+    doc = run(args.artifact_dir, device=args.device, config=config, data=args.data, out_dir=args.out)
+    for r in doc["results"]:
+        st = r["latency_ms"]
+        acc = "" if r.get("accuracy") is None else f" acc {r['accuracy']:.4f} (n={r['eval_samples']})"
+        line = (f"{r['variant']:<10} {r['format']:<10} {r['status']:<6} "
+                + (f"p50 {st['p50']:.3f} ms  p90 {st['p90']:.3f} ms  peak RSS {r['peak_rss_mb']} MB{acc}"
+                   if r["status"] == "ok" else str(r.get("error"))))
+        print(line, file=sys.stderr)
+    print(json.dumps({"out": str(args.out), "ok": sum(r["status"] == "ok" for r in doc["results"]),
+                      "failed": sum(r["status"] != "ok" for r in doc["results"])}))
+    # partial failures are data (status/error in results.json); nothing measured at all is an error
+    return 0 if any(r["status"] == "ok" for r in doc["results"]) else 1

@@ -1,0 +1,83 @@
+"""ONNX Runtime benchmark runner speaking the runner protocol of benchmarks/devices/base.py.
+
+Standalone on purpose (numpy + onnxruntime only, no pocketsize import) so it
+can be copied to a board and run with that board's python3. Run one per
+process: timing two runtimes in one process makes their thread pools fight.
+
+    python3 ort_runner.py MODEL --out-dir DIR --warmup W --iterations N
+        --min-duration-ms D --threads T [--eval-input FILE --eval-count K]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import time
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("model")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--min-duration-ms", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--eval-input")
+    p.add_argument("--eval-count", type=int, default=0)
+    a = p.parse_args(argv)
+
+    import numpy as np
+    import onnxruntime as ort
+
+    t0 = time.perf_counter()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = a.threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(a.model, so, providers=["CPUExecutionProvider"])
+    load_ms = (time.perf_counter() - t0) * 1e3
+
+    inp = sess.get_inputs()[0]
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+    n = int(np.prod(shape))
+    x = ((np.arange(n, dtype=np.uint64) * 2654435761 % 1000).astype(np.float32) / 1000.0 - 0.5).reshape(shape)
+    feeds = {inp.name: x}
+
+    t0 = time.perf_counter()
+    out = sess.run(None, feeds)[0]
+    first_ms = (time.perf_counter() - t0) * 1e3
+    for _ in range(a.warmup):
+        sess.run(None, feeds)
+    with open(os.path.join(a.out_dir, "times.txt"), "w") as tf:
+        start = time.perf_counter()
+        i = 0
+        while i < a.iterations or (time.perf_counter() - start) * 1e3 < a.min_duration_ms:
+            t0 = time.perf_counter()
+            sess.run(None, feeds)
+            tf.write("t %.6f\n" % ((time.perf_counter() - t0) * 1e3))
+            tf.flush()  # a crash later must not lose what was measured
+            i += 1
+
+    if a.eval_input and a.eval_count > 0:
+        data = np.fromfile(a.eval_input, dtype="<f4").reshape([a.eval_count] + shape[1:])
+        with open(os.path.join(a.out_dir, "eval_outputs.bin"), "wb") as f:
+            for k in range(a.eval_count):
+                y = sess.run(None, {inp.name: data[k:k + 1]})[0]
+                f.write(np.ascontiguousarray(y, dtype="<f4").tobytes())
+
+    for src, dst in (("/proc/self/status", "status.txt"), ("/proc/self/smaps_rollup", "smaps_rollup.txt")):
+        if os.path.exists(src):
+            shutil.copyfile(src, os.path.join(a.out_dir, dst))
+    report = {"runtime": "onnxruntime", "runtime_version": ort.__version__, "load_ms": load_ms,
+              "first_inference_ms": first_ms, "output_shape": list(out.shape),
+              "eval_count": a.eval_count, "threads": a.threads,
+              "notes": ["memory includes the Python interpreter that hosts ONNX Runtime"]}
+    tmp = os.path.join(a.out_dir, "report.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(report, f)
+    os.replace(tmp, os.path.join(a.out_dir, "report.json"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""Budget allocation: how many heads / channels each block keeps so that the
+whole model lands on the parameter target.
+
+Each block l keeps a fraction k_l = clip(t * w_l, 0, 1) of its heads and
+channels; w_l are the method's allocation weights (all 1 = uniform) and the
+scalar t is found by bisection. Rounding leftovers are then filled with MLP
+channels in multiples of ``channel_multiple`` so the total lands within a few
+thousand parameters of the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from .loading import Loaded
+from .plan import count_params
+
+
+@dataclass
+class Budget:
+    heads: list[int]          # per block: original head count
+    chans: list[int]          # per block: original MLP width
+    head_cost: list[float]
+    chan_cost: list[float]
+    block_cost: list[int]
+    total: int
+
+    @classmethod
+    def of(cls, loaded: Loaded) -> "Budget":
+        ad = loaded.adapter
+        blocks = ad.blocks(loaded.model)
+        shapes = [ad.block_shape(b) for b in blocks]
+        costs = [ad.unit_costs(b) for b in blocks]
+        return cls([s.heads for s in shapes], [s.mlp_hidden for s in shapes], [c[0] for c in costs],
+                   [c[1] for c in costs], [count_params(b) for b in blocks], count_params(loaded.model))
+
+    def params(self, counts: Sequence[tuple[int, int]], removed: Sequence[int] = ()) -> float:
+        p = self.total - sum(self.block_cost[i] for i in removed)
+        for l, (h, c) in enumerate(counts):
+            if l in removed:
+                continue
+            p -= (self.heads[l] - h) * self.head_cost[l] + (self.chans[l] - c) * self.chan_cost[l]
+        return p
+
+
+def _round_to(x: float, m: int, lo: int, hi: int) -> int:
+    return int(min(hi, max(lo, m * round(x / m)))) if x < hi else hi
+
+
+def solve(budget: Budget, target: float, weights: Sequence[float], removed: Sequence[int] = (),
+          min_heads: int = 1, channel_multiple: int = 8,
+          head_weights: Sequence[float] | None = None) -> list[tuple[int, int]]:
+    """Per-block (heads, channels) counts whose parameter total is as close to
+    ``target`` as the granularity allows, never above it by more than one channel group."""
+    n = len(budget.heads)
+    hw = list(head_weights) if head_weights is not None else list(weights)
+    cm = lambda l: min(channel_multiple, budget.chans[l])  # noqa: E731
+
+    def counts(t: float) -> list[tuple[int, int]]:
+        out = []
+        for l in range(n):
+            kh = min(1.0, max(0.0, t * hw[l]))
+            kc = min(1.0, max(0.0, t * weights[l]))
+            h = min(budget.heads[l], max(min_heads, round(budget.heads[l] * kh)))
+            c = _round_to(budget.chans[l] * kc, cm(l), cm(l), budget.chans[l])
+            out.append((h, c))
+        return out
+
+    lo, hi = 0.0, 1.0 / max(min(min(weights), min(hw)), 1e-6)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if budget.params(counts(mid), removed) > target:
+            hi = mid
+        else:
+            lo = mid
+    best = counts(lo)
+    # fill what rounding left with channel groups, highest-weight blocks first
+    order = sorted((l for l in range(n) if l not in removed), key=lambda l: -weights[l])
+    grown = True
+    while grown:
+        grown = False
+        for l in order:
+            h, c = best[l]
+            step = min(cm(l), budget.chans[l] - c)
+            if step > 0 and budget.params(best, removed) + step * budget.chan_cost[l] <= target:
+                best[l] = (h, c + step)
+                grown = True
+    return best

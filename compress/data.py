@@ -1,0 +1,174 @@
+"""User data: an ImageFolder-layout folder, preprocessed once, split seeded.
+
+The split is a pure function of (folder contents, seed): compress, export
+parity and on-device accuracy all see the same held-out images.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from pocketsize.errors import BadInput
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+MIN_IMAGES_PER_CLASS = 4  # need at least one image in each of train/val/test (+1 spare)
+
+
+@dataclass
+class Split:
+    """Images kept as uint8 (N, 3, H, W) to stay small; normalized per batch."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.numel())
+
+    def normalized(self, i: int = 0, j: int | None = None) -> torch.Tensor:
+        x = self.x[i:j].float().div_(255.0)
+        return (x - self.mean[:, None, None]) / self.std[:, None, None]
+
+    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
+        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        for s in range(0, len(self), batch_size):
+            idx = order[s:s + batch_size]
+            x = self.x[idx].float().div_(255.0)
+            yield (x - self.mean[:, None, None]) / self.std[:, None, None], self.y[idx]
+
+    def subset(self, idx: torch.Tensor) -> "Split":
+        return Split(self.x[idx], self.y[idx], self.mean, self.std)
+
+
+@dataclass
+class ImageData:
+    labels: list[str]
+    train: Split
+    val: Split
+    test: Split
+    skipped: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {"classes": len(self.labels), "train": len(self.train), "val": len(self.val),
+                "test": len(self.test), "skipped_images": self.skipped}
+
+
+def list_image_folder(path: str | Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """Class names (sorted subfolders) and (file, class index) pairs."""
+    root = Path(path)
+    if not root.exists():
+        raise BadInput(f"--data {root} does not exist; pass a folder with one subfolder of images per class")
+    if not root.is_dir():
+        raise BadInput(f"--data {root} is a file; image models need a folder with one subfolder of images per class")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise BadInput(f"--data {root} has no class subfolders; put each class's images in its own subfolder (ImageFolder layout)")
+    items = []
+    for ci, c in enumerate(classes):
+        files = sorted(f for f in (root / c).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        items += [(f, ci) for f in files]
+    nonempty = {ci for _, ci in items}
+    if len(nonempty) < 2:
+        raise BadInput(f"--data {root} has {len(nonempty)} class(es) with images; a classifier needs at least 2 class subfolders")
+    return classes, items
+
+
+def _resize_crop(img, size: tuple[int, int], crop_pct: float, interpolation: str):
+    from PIL import Image
+
+    interp = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}.get(
+        interpolation, Image.BICUBIC)
+    h, w = size
+    scale_h, scale_w = int(round(h / crop_pct)), int(round(w / crop_pct))
+    # resize the short side, then center-crop (timm / HF processors do the same)
+    iw, ih = img.size
+    s = max(scale_h / ih, scale_w / iw)
+    img = img.resize((max(w, int(round(iw * s))), max(h, int(round(ih * s)))), interp)
+    iw, ih = img.size
+    left, top = (iw - w) // 2, (ih - h) // 2
+    return img.crop((left, top, left + w, top + h))
+
+
+def load_image(path: Path, preprocessing: dict[str, Any]) -> torch.Tensor:
+    """One image -> uint8 (3, H, W) tensor, resized/cropped per ``preprocessing``."""
+    import numpy as np
+    from PIL import Image
+
+    _, h, w = preprocessing["input_size"]
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        im = _resize_crop(im, (h, w), float(preprocessing.get("crop_pct", 1.0)),
+                          preprocessing.get("interpolation", "bicubic"))
+        arr = np.asarray(im, dtype=np.uint8).copy()
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def _stratified_split(ys: Sequence[int], fractions: tuple[float, float], seed: int):
+    """Per-class shuffle, then cut into train/val/test (val, test fractions given)."""
+    rng = random.Random(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(ys):
+        by_class.setdefault(y, []).append(i)
+    train, val, test = [], [], []
+    val_f, test_f = fractions
+    for _, idx in sorted(by_class.items()):
+        rng.shuffle(idx)
+        n = len(idx)
+        n_test = max(1, int(round(n * test_f)))
+        n_val = max(1, int(round(n * val_f)))
+        test += idx[:n_test]
+        val += idx[n_test:n_test + n_val]
+        train += idx[n_test + n_val:]
+    return sorted(train), sorted(val), sorted(test)
+
+
+def load_image_data(path: str | Path, preprocessing: dict[str, Any], seed: int = 0,
+                    val_fraction: float = 0.15, test_fraction: float = 0.35,
+                    max_per_class: int | None = None, progress: bool = False) -> ImageData:
+    """Read, preprocess and split an ImageFolder. Unreadable images are skipped
+    with a warning; a class with too few usable images is an error."""
+    classes, items = list_image_folder(path)
+    if max_per_class:
+        rng = random.Random(seed)
+        per: dict[int, list] = {}
+        for it in items:
+            per.setdefault(it[1], []).append(it)
+        items = []
+        for ci in sorted(per):
+            lst = per[ci]
+            rng.shuffle(lst)
+            items += sorted(lst[:max_per_class])
+    xs, ys, bad = [], [], 0
+    it = items
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(items, desc="reading images", unit="img", leave=False)
+    for f, ci in it:
+        try:
+            xs.append(load_image(f, preprocessing))
+            ys.append(ci)
+        except Exception as e:  # corrupt/truncated/unsupported: count and go on
+            bad += 1
+            log.warning("skipping unreadable image %s (%s)", f, type(e).__name__)
+    if bad:
+        log.warning("skipped %d unreadable image(s) under %s", bad, path)
+    counts = {c: ys.count(i) for i, c in enumerate(classes)}
+    short = {c: n for c, n in counts.items() if n < MIN_IMAGES_PER_CLASS}
+    if short:
+        raise BadInput(f"--data {path}: classes {short} have fewer than {MIN_IMAGES_PER_CLASS} usable images; add images or remove those folders")
+    x = torch.stack(xs)
+    y = torch.tensor(ys, dtype=torch.long)
+    mean = torch.tensor(preprocessing["mean"], dtype=torch.float32)
+    std = torch.tensor(preprocessing["std"], dtype=torch.float32)
+    tr, va, te = _stratified_split(ys, (val_fraction, test_fraction), seed)
+    mk = lambda idx: Split(x[idx], y[idx], mean, std)  # noqa: E731
+    return ImageData(classes, mk(torch.tensor(tr)), mk(torch.tensor(va)), mk(torch.tensor(te)), skipped=bad)

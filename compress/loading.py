@@ -1,0 +1,248 @@
+"""MODEL specs -> a stock timm/transformers model plus its adapter and metadata.
+
+Specs (CONTRACT.md): ``timm:<name>``, ``hf:<id>``, ``zoo:<name>``, or a local
+directory written by transformers' save_pretrained, timm's save_for_hf, or
+``pocketsize compress`` (DIR or DIR/model).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pocketsize.errors import BadInput, PocketsizeError
+
+from .models import Adapter, adapter_for, get_adapter
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+META_FILE = "pocketsize.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class Loaded:
+    model: nn.Module
+    adapter: Adapter
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        return self.meta.get("task", self.adapter.task)
+
+    def logits_module(self) -> nn.Module:
+        """forward(x) -> logits as a plain tensor (what exporters trace)."""
+        return _LogitsModule(self.model, self.adapter).eval()
+
+    def refresh_meta(self) -> None:
+        """Recompute the parts of meta that follow from the model itself."""
+        self.meta["family"] = self.adapter.name
+        self.meta["task"] = self.adapter.task
+        self.meta["layers"] = self.adapter.layer_shapes(self.model)
+        self.meta["architecture"] = self.adapter.describe(self.model)
+        self.meta["params"] = sum(p.numel() for p in self.model.parameters())
+
+
+class _LogitsModule(nn.Module):
+    def __init__(self, model: nn.Module, adapter: Adapter):
+        super().__init__()
+        self.model = model
+        self._adapter = adapter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._adapter.logits(self.model, x)
+
+
+# --- spec resolution -------------------------------------------------------
+
+def load_model(spec: str | Path, **kwargs: Any) -> Loaded:
+    """Resolve a MODEL spec (see module doc). Raises BadInput naming the fix."""
+    s = str(spec)
+    if s.startswith("zoo:"):
+        from .zoo import zoo_entry, zoo_path
+
+        entry = zoo_entry(s[4:])
+        loaded = _load_dir(zoo_path(entry.name), **kwargs)
+        loaded.meta["source"] = s
+        return loaded
+    if s.startswith("timm:"):
+        return _load_timm_hub(s[5:])
+    if s.startswith("hf:"):
+        return _load_hf(s[3:], source=s, **kwargs)
+    path = Path(s)
+    if not path.exists():
+        raise BadInput(f"MODEL {s!r} is neither an existing directory nor a timm:/hf:/zoo: name; "
+                       "check the path or run `pocketsize models`")
+    if not path.is_dir():
+        raise BadInput(f"MODEL {s} is a file; pass the directory that holds config.json and model.safetensors")
+    return _load_dir(path, **kwargs)
+
+
+def _load_dir(path: Path, **kwargs: Any) -> Loaded:
+    if (path / "model" / META_FILE).exists():  # the DIR of `pocketsize compress`
+        path = path / "model"
+    if (path / META_FILE).exists():
+        return load_pocketsize_dir(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise BadInput(f"{path} has no config.json; pass a directory written by save_pretrained, "
+                       "timm's save_for_hf, or pocketsize compress")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise BadInput(f"{cfg_file} is not valid JSON ({e.msg}); re-save the model") from None
+    if "architecture" in cfg and "model_type" not in cfg:
+        return _load_timm_dir(path, cfg)
+    return _load_hf(str(path), source=str(path), **kwargs)
+
+
+def _load_timm_dir(path: Path, cfg: dict[str, Any]) -> Loaded:
+    import timm
+
+    arch = cfg["architecture"]
+    if not timm.is_model(arch):
+        raise BadInput(f"{path}/config.json names timm architecture {arch!r}, which this timm does not know")
+    weights = path / WEIGHTS_FILE
+    if not weights.exists():
+        raise BadInput(f"{path} has no {WEIGHTS_FILE}; re-save it with timm.models.save_for_hf (safetensors)")
+    model_args = dict(cfg.get("model_args") or {})
+    # timm >= 1.0.20 records num_classes inside model_args too
+    model_args.setdefault("num_classes", cfg.get("num_classes", 1000))
+    pp = cfg.get("pretrained_cfg") or {}
+    # the saved pretrained_cfg carries the checkpoint's own preprocessing (mean/std/size)
+    model = timm.create_model(arch, pretrained=False, pretrained_cfg_overlay=dict(pp), **model_args)
+    _load_safetensors(model, weights)
+    adapter = _adapter(model)
+    meta = {"source": str(path), "labels": cfg.get("label_names") or pp.get("label_names")}
+    loaded = Loaded(model.eval(), adapter, meta)
+    loaded.meta["preprocessing"] = adapter.preprocessing(model)
+    return loaded
+
+
+def _load_timm_hub(name: str) -> Loaded:
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:12]}*")[:5]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise BadInput(f"unknown timm model {name!r}{hint}; see timm.list_models()")
+    try:
+        model = timm.create_model(name, pretrained=True)
+    except Exception as e:  # hub unreachable, gated, ...
+        raise PocketsizeError(f"could not download timm:{name} ({type(e).__name__}); without network, "
+                              "save it elsewhere with timm's save_for_hf and pass that directory") from None
+    adapter = _adapter(model)
+    loaded = Loaded(model.eval(), adapter, {"source": f"timm:{name}"})
+    loaded.meta["preprocessing"] = adapter.preprocessing(model)
+    return loaded
+
+
+_HF_VISION = ("ViTForImageClassification", "ViTModel", "DeiTForImageClassification", "DeiTModel",
+              "Dinov2ForImageClassification", "Dinov2Model")
+
+
+def _load_hf(ident: str, source: str, **kwargs: Any) -> Loaded:
+    import transformers
+
+    try:
+        cfg = transformers.AutoConfig.from_pretrained(ident)
+    except OSError as e:
+        if Path(ident).exists():
+            raise BadInput(f"{ident} is not a transformers model directory ({e}); re-save it with save_pretrained") from None
+        raise PocketsizeError(f"could not fetch hf:{ident} from the hub; without network, pass a local "
+                              "save_pretrained directory instead") from None
+    archs = list(getattr(cfg, "architectures", None) or [])
+    vision = [a for a in archs if a in _HF_VISION]
+    if vision or cfg.model_type in ("vit", "deit", "dinov2"):
+        cls_name = vision[0] if vision else {"vit": "ViTModel", "deit": "DeiTModel", "dinov2": "Dinov2Model"}[cfg.model_type]
+        model = getattr(transformers, cls_name).from_pretrained(ident)
+        adapter = _adapter(model)
+        loaded = Loaded(model.eval(), adapter, {"source": source})
+        loaded.meta["preprocessing"] = _hf_preprocessing(ident, adapter, model)
+        labels = getattr(cfg, "id2label", None) or {}
+        names = [labels[i] for i in sorted(labels)] if labels else []
+        if names and not all(str(n).startswith("LABEL_") for n in names):
+            loaded.meta["labels"] = names
+        return loaded
+    if not (any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs)
+            or cfg.model_type in ("llama", "qwen2", "qwen3", "gpt2", "mistral")):
+        raise BadInput(f"no adapter handles {archs[0] if archs else cfg.model_type!r} models; supported: "
+                       "ViT/DeiT/Dinov2 image models and Llama/Qwen2/Qwen3/GPT-2 causal LMs")
+    from .models.hf_causal_lm import load_causal_lm  # LLMs: separate module
+
+    return load_causal_lm(ident, cfg, source=source, **kwargs)
+
+
+def _hf_preprocessing(ident: str, adapter, model) -> dict[str, Any]:
+    pp = adapter.preprocessing(model)
+    p = Path(ident) / "preprocessor_config.json"
+    if p.exists():
+        d = json.loads(p.read_text())
+        if "image_mean" in d:
+            pp["mean"] = list(d["image_mean"])
+            pp["std"] = list(d["image_std"])
+        size = d.get("crop_size") or d.get("size") or {}
+        if isinstance(size, dict) and "height" in size:
+            pp["input_size"] = [3, int(size["height"]), int(size["width"])]
+        if d.get("resample") == 2:
+            pp["interpolation"] = "bilinear"
+    return pp
+
+
+def _adapter(model: nn.Module) -> Adapter:
+    return adapter_for(model)
+
+
+def _load_safetensors(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import load_model as st_load
+
+    try:
+        missing, unexpected = st_load(model, str(path), strict=False)
+    except Exception as e:
+        raise BadInput(f"{path} could not be read as safetensors matching the architecture ({e}); re-save the model") from None
+    if missing or unexpected:
+        raise BadInput(f"{path} does not match the recorded architecture (missing {list(missing)[:3]}, "
+                       f"unexpected {list(unexpected)[:3]}); the directory is corrupt or from another model")
+
+
+# --- the pocketsize model directory ---------------------------------------
+
+def save_model_dir(loaded: Loaded, dest: Path) -> None:
+    """model.safetensors + pocketsize.json; no pickles."""
+    from safetensors.torch import save_model
+
+    from pocketsize.io import write_json
+
+    dest.mkdir(parents=True, exist_ok=True)
+    loaded.refresh_meta()
+    meta = dict(loaded.meta)
+    meta["format_version"] = FORMAT_VERSION
+    save_model(loaded.model, str(dest / WEIGHTS_FILE))
+    write_json(dest / META_FILE, meta)
+
+
+def load_pocketsize_dir(path: Path) -> Loaded:
+    meta = json.loads((path / META_FILE).read_text())
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise BadInput(f"{path} was written by a newer pocketsize (format {meta['format_version']}); upgrade pocketsize")
+    adapter = get_adapter(meta["family"])
+    record = dict(meta["architecture"])
+    record["layers"] = meta["layers"]
+    model = adapter.build(record)
+    weights = path / WEIGHTS_FILE
+    if not weights.exists():
+        raise BadInput(f"{path} has no {WEIGHTS_FILE}; the model directory is incomplete, run pocketsize compress again")
+    _load_safetensors(model, weights)
+    return Loaded(model.eval(), adapter, meta)
+
+
+def load(path: str | Path) -> nn.Module:
+    """CONTRACT.md: the torch model saved by ``pocketsize compress`` (path = DIR/model)."""
+    return load_model(path).model

@@ -1,0 +1,230 @@
+"""Pruning methods: a registry of planners.
+
+Every method answers the same question for one pruning step: given the
+current model and a parameter target, which blocks, heads and MLP channels to
+keep. They differ in (a) the importance of units inside a block and (b) how
+the cut is spread across blocks. ``hei`` is ours; the rest are the baselines
+of METHOD.md, run through the same pipeline so comparisons are fair.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from pocketsize.errors import BadInput
+
+from .allocate import Budget, solve
+from .plan import Plan
+
+
+@dataclass
+class StepContext:
+    loaded: Any                      # compress.loading.Loaded
+    calib_x: torch.Tensor            # randomly sampled user inputs (normalized)
+    calib_y: torch.Tensor | None
+    generic_x: torch.Tensor | None   # optional generic reference data
+    cfg: Any                         # PruneConfig
+    seed: int
+    _cache: dict = field(default_factory=dict)
+
+    def stats(self, which: str = "user"):
+        from .calib import collect
+
+        if which not in self._cache:
+            x = self.calib_x if which == "user" else self.generic_x
+            self._cache[which] = collect(self.loaded, x, self.cfg.measurements, self.cfg.calib_tokens, self.seed)
+        return self._cache[which]
+
+
+@dataclass
+class StepPlan:
+    plan: Plan
+    layer_scores: list[dict[str, float]]   # per block: {"attn": s, "mlp": s}
+    kinds: list[dict[str, str]]            # per block: {"attn": kind, "mlp": kind}
+
+
+# --- importance of units inside a block ------------------------------------
+
+def _magnitude(ctx: StepContext):
+    ad, model = ctx.loaded.adapter, ctx.loaded.model
+    out = []
+    for blk in ad.blocks(model):
+        s = ad.block_shape(blk)
+        h = torch.zeros(s.heads)
+        for lin in ad.head_in(blk):  # rows grouped [.., H, D] (fused qkv: [3, H, D])
+            w = lin.weight.detach().reshape(-1, s.heads, s.head_dim, lin.weight.shape[1])
+            h += w.pow(2).sum(dim=(0, 2, 3))
+        wo = ad.head_out(blk).weight.detach()
+        h += wo.reshape(wo.shape[0], s.heads, s.head_dim).pow(2).sum(dim=(0, 2))
+        c = sum(l.weight.detach().pow(2).sum(1) for l in ad.mlp_in(blk)) + ad.mlp_out(blk).weight.detach().pow(2).sum(0)
+        out.append((h.sqrt(), c.sqrt()))
+    return out
+
+
+def _random(ctx: StepContext):
+    g = torch.Generator().manual_seed(ctx.seed + 17)
+    ad = ctx.loaded.adapter
+    return [(torch.rand(ad.block_shape(b).heads, generator=g), torch.rand(ad.block_shape(b).mlp_hidden, generator=g))
+            for b in ad.blocks(ctx.loaded.model)]
+
+
+def _activation(ctx: StepContext):
+    return [(s.head_score, s.chan_score) for s in ctx.stats("user")]
+
+
+def _taylor(ctx: StepContext):
+    """First-order Taylor |w * dL/dw| summed over each unit's weights (the
+    criterion of torch-pruning's TaylorImportance), on the sampled user data."""
+    import torch.nn.functional as F
+
+    loaded = ctx.loaded
+    ad, model = loaded.adapter, loaded.model
+    if ctx.calib_y is None:
+        raise BadInput("--method taylor needs labelled data")
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    for s in range(0, ctx.calib_x.shape[0], 16):
+        F.cross_entropy(ad.logits(model, ctx.calib_x[s:s + 16]), ctx.calib_y[s:s + 16]).backward()
+    out = []
+    for blk in ad.blocks(model):
+        s = ad.block_shape(blk)
+        t = lambda p: (p.detach() * p.grad).abs() if p.grad is not None else torch.zeros_like(p)  # noqa: E731
+        h = torch.zeros(s.heads)
+        for lin in ad.head_in(blk):
+            h += t(lin.weight).reshape(-1, s.heads, s.head_dim, lin.weight.shape[1]).sum(dim=(0, 2, 3))
+        wo = ad.head_out(blk).weight
+        h += t(wo).reshape(wo.shape[0], s.heads, s.head_dim).sum(dim=(0, 2))
+        c = sum(t(l.weight).sum(1) for l in ad.mlp_in(blk)) + t(ad.mlp_out(blk).weight).sum(0)
+        out.append((h, c))
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+# --- homomorphic entropy increase --------------------------------------------
+
+def gaussian_entropy(y: torch.Tensor, eps: float = 1e-3) -> float:
+    """0.5 logdet(cov + eps I) of measured features (T, m), up to constants."""
+    y = y.double() - y.double().mean(0)
+    cov = y.T @ y / max(y.shape[0] - 1, 1)
+    return 0.5 * torch.logdet(cov + eps * torch.eye(cov.shape[0], dtype=cov.dtype)).item()
+
+
+def conditional_entropy(y_out: torch.Tensor, y_in: torch.Tensor, eps: float = 1e-3) -> float:
+    """Entropy increase of a unit: Gaussian entropy of its output state that the
+    input state does not explain, H(out | in) = 0.5 logdet(S_oo - S_oi S_ii^-1 S_io).
+    Both states are token-normalized and measured by the same Phi, so the score
+    is scale-free and comparable across depth."""
+    yo = y_out.double() - y_out.double().mean(0)
+    yi = y_in.double() - y_in.double().mean(0)
+    n = max(yo.shape[0] - 1, 1)
+    I = torch.eye(yo.shape[1], dtype=yo.dtype)
+    s_oo, s_ii, s_oi = yo.T @ yo / n, yi.T @ yi / n + eps * I, yo.T @ yi / n
+    cond = s_oo - s_oi @ torch.linalg.solve(s_ii, s_oi.T)
+    return 0.5 * torch.logdet(cond + eps * I).item()
+
+
+def hei_scores(stats) -> list[dict[str, float]]:
+    return [{"attn": conditional_entropy(s.mid, s.x_in), "mlp": conditional_entropy(s.x_out, s.mid)} for s in stats]
+
+
+def _zscores(v: list[float]) -> list[float]:
+    t = torch.tensor(v, dtype=torch.float64)
+    sd = t.std().item() if len(v) > 1 else 0.0
+    return [0.0 if sd < 1e-12 else (x - t.mean().item()) / sd for x in v]
+
+
+# --- planners ------------------------------------------------------------------
+
+def _select(scores: torch.Tensor, n: int) -> list[int]:
+    return sorted(torch.argsort(scores, descending=True, stable=True)[:n].tolist())
+
+
+def _plan_from_counts(unit_scores, counts, removed=()) -> Plan:
+    keep = [i for i in range(len(counts)) if i not in removed]
+    return Plan(keep, {i: _select(unit_scores[i][0], counts[i][0]) for i in keep},
+                {i: _select(unit_scores[i][1], counts[i][1]) for i in keep})
+
+
+def _kinds_from(scores: list[dict[str, float]]) -> list[dict[str, str]]:
+    """Personalized = above the median score of its unit type (2-way split)."""
+    out = [{} for _ in scores]
+    for key in ("attn", "mlp"):
+        vals = sorted(s[key] for s in scores)
+        med = vals[len(vals) // 2] if vals else 0.0
+        for o, s in zip(out, scores):
+            o[key] = "personalized" if s[key] >= med else "common"
+    return out
+
+
+def uniform_planner(importance: Callable) -> Callable:
+    def plan(ctx: StepContext, target: float) -> StepPlan:
+        unit = importance(ctx)
+        budget = Budget.of(ctx.loaded)
+        n = len(budget.heads)
+        counts = solve(budget, target, [1.0] * n, min_heads=ctx.cfg.min_heads,
+                       channel_multiple=ctx.cfg.channel_multiple)
+        scores = [{"attn": float(u[0].mean()), "mlp": float(u[1].mean())} for u in unit]
+        return StepPlan(_plan_from_counts(unit, counts), scores, _kinds_from(scores))
+    return plan
+
+
+def plan_hei(ctx: StepContext, target: float) -> StepPlan:
+    """Personalized layered pruning: entropy-increase scores split blocks into
+    personalized and common, common blocks take most of the cut; inside a
+    block, activation importance picks the units."""
+    stats = ctx.stats("user")
+    scores = hei_scores(stats)
+    if ctx.generic_x is not None:  # contrast: what the unit adds for this user beyond generic data
+        gen = hei_scores(ctx.stats("generic"))
+        scores = [{k: s[k] - g[k] for k in s} for s, g in zip(scores, gen)]
+    beta = float(ctx.cfg.extra.get("hei_beta", 0.3))
+    za, zm = _zscores([s["attn"] for s in scores]), _zscores([s["mlp"] for s in scores])
+    head_w = [math.exp(beta * z) for z in za]
+    chan_w = [math.exp(beta * z) for z in zm]
+    unit = [(s.head_score, s.chan_score) for s in stats]
+    budget = Budget.of(ctx.loaded)
+    counts = solve(budget, target, chan_w, head_weights=head_w, min_heads=ctx.cfg.min_heads,
+                   channel_multiple=ctx.cfg.channel_multiple)
+    return StepPlan(_plan_from_counts(unit, counts), scores, _kinds_from(scores))
+
+
+def plan_block_influence(ctx: StepContext, target: float) -> StepPlan:
+    """ShortGPT: drop the blocks whose output is most similar to their input
+    (block influence BI = 1 - cos); blocks alone cannot hit an arbitrary ratio,
+    so the remainder is cut uniformly by activation importance."""
+    stats = ctx.stats("user")
+    bi = [1.0 - s.cos_in_out for s in stats]
+    budget = Budget.of(ctx.loaded)
+    n = len(bi)
+    removed: list[int] = []
+    for i in sorted(range(n), key=lambda i: bi[i]):
+        if len(removed) + 1 >= n:
+            break
+        if budget.params([(budget.heads[l], budget.chans[l]) for l in range(n)], removed + [i]) < target:
+            break
+        removed.append(i)
+    counts = solve(budget, target, [1.0] * n, removed=removed, min_heads=ctx.cfg.min_heads,
+                   channel_multiple=ctx.cfg.channel_multiple)
+    unit = [(s.head_score, s.chan_score) for s in stats]
+    scores = [{"attn": b, "mlp": b} for b in bi]
+    return StepPlan(_plan_from_counts(unit, counts, removed), scores, _kinds_from(scores))
+
+
+METHODS: dict[str, Callable[[StepContext, float], StepPlan]] = {
+    "hei": plan_hei,
+    "magnitude": uniform_planner(_magnitude),
+    "random": uniform_planner(_random),
+    "taylor": uniform_planner(_taylor),
+    "activation": uniform_planner(_activation),
+    "block-influence": plan_block_influence,
+}
+
+
+def get_method(name: str) -> Callable[[StepContext, float], StepPlan]:
+    if name not in METHODS:
+        raise BadInput(f"unknown --method {name!r}; valid: {', '.join(METHODS)}")
+    return METHODS[name]

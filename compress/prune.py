@@ -1,0 +1,199 @@
+"""The compress verb: personalize, plan, prune in buffered steps, recover."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from pocketsize.errors import BadInput, TargetNotMet
+
+from . import train
+from .config import PruneConfig
+from .data import ImageData, load_image_data
+from .loading import Loaded, load_model
+from .methods import StepContext, get_method
+from .plan import Lineage, apply_plan, count_params
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+RATIO_TOLERANCE = 0.01  # CONTRACT: kept fraction equals --ratio within 1 point
+
+
+@dataclass
+class Pruned:
+    loaded: Loaded
+    plan: dict[str, Any]
+    report: dict[str, Any]
+    teacher: Loaded | None = None
+    data: ImageData | None = None
+
+
+def count_macs(loaded: Loaded, x: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass on one input (FLOPs / 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        loaded.adapter.logits(loaded.model, x[:1])
+    return int(fc.get_total_flops() // 2)
+
+
+def _schedule(cfg: PruneConfig) -> list[float]:
+    """Kept-parameter ratio after each step (geometric steps: equal relative cuts)."""
+    if not cfg.buffer or cfg.ratio >= 1.0:
+        return [cfg.ratio]
+    return [cfg.ratio ** ((k + 1) / cfg.steps) for k in range(cfg.steps)]
+
+
+def _recovery_split(cfg: PruneConfig, n_steps: int) -> list[int]:
+    """Recovery steps after each pruning step: ``final_share`` of the budget on
+    the final architecture, the rest spread evenly over the earlier steps
+    (one-shot gets the whole budget at once: equal total budget)."""
+    total = cfg.recovery_steps
+    if n_steps == 1:
+        return [total]
+    final = int(round(total * cfg.final_share))
+    early = total - final
+    per = [early // (n_steps - 1)] * (n_steps - 1)
+    per[-1] += early - sum(per)
+    return per + [final]
+
+
+def personalize(loaded: Loaded, data: ImageData, cfg: PruneConfig, progress: Progress | None = None) -> dict:
+    """Give the model a head for the user's classes unless it already has one."""
+    ad = loaded.adapter
+    labels = data.labels
+    if ad.num_classes(loaded.model) == len(labels) and loaded.meta.get("labels") == labels:
+        return {"head": "kept"}
+    info = train.fit_head(loaded, data.train, data.val, labels, epochs=cfg.probe_epochs, seed=cfg.seed)
+    info["head"] = "linear probe"
+    if cfg.finetune_steps:
+        train.recover(loaded, None, data.train, cfg.finetune_steps, cfg.lr, cfg.head_lr, cfg.batch_size,
+                      cfg.seed, progress=progress, stage="fine-tune")
+        info["head"] = f"linear probe + {cfg.finetune_steps} fine-tune steps"
+    return info
+
+
+def prune(model: Loaded | str, data: ImageData | str, config: PruneConfig | None = None,
+          progress: Progress | None = None, generic: ImageData | str | None = None) -> Pruned:
+    """Prune ``model`` for the user's ``data`` to ``config.ratio`` of its parameters."""
+    cfg = config or PruneConfig()
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    loaded = model if isinstance(model, Loaded) else load_model(model)
+    if loaded.task != "image-classification":
+        from .llm import prune_lm  # language models have their own data and metric
+
+        return prune_lm(loaded, data, cfg, progress=progress, generic=generic)
+    pp = loaded.meta.get("preprocessing") or loaded.adapter.preprocessing(loaded.model)
+    if cfg.extra.get("image_size"):
+        s = int(cfg.extra["image_size"])
+        pp = {**pp, "input_size": [pp["input_size"][0], s, s]}
+    loaded.meta["preprocessing"] = pp
+    if not isinstance(data, ImageData):
+        data = load_image_data(data, pp, seed=cfg.seed, progress=progress is not None)
+    if isinstance(generic, str):
+        generic = load_image_data(generic, pp, seed=cfg.seed)
+
+    fit = personalize(loaded, data, cfg, progress)
+    loaded.refresh_meta()
+    params_before = count_params(loaded.model)
+    x1 = data.test.normalized(0, 1)
+    macs_before = count_macs(loaded, x1)
+    before = train.accuracy(loaded, data.test)
+    val_before = train.accuracy(loaded, data.val)
+    teacher = copy.deepcopy(loaded) if cfg.distill else None
+    log.info("personalized model: %d params, held-out accuracy %.4f", params_before, before)
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    planner = get_method(cfg.method)
+    lineage = Lineage.start(loaded)
+    ratios, recov = _schedule(cfg), _recovery_split(cfg, len(_schedule(cfg)))
+    steps_log: list[dict[str, Any]] = []
+    last_scores: dict | None = None
+    last_kinds: dict | None = None
+    current_val = val_before
+    split_done: set[int] = set()
+    k = 0
+    while k < len(ratios):
+        r = ratios[k]
+        # random sampling: a fresh random subsample of the user's training data per step
+        idx = torch.randperm(len(data.train), generator=g)[: cfg.calib_samples]
+        cx, cy = data.train.normalized()[idx], data.train.y[idx]
+        gx = None
+        if generic is not None:
+            gidx = torch.randperm(len(generic.train), generator=g)[: cfg.calib_samples]
+            gx = generic.train.normalized()[gidx]
+        ctx = StepContext(loaded, cx, cy, gx, cfg, seed=cfg.seed + k)
+        step = planner(ctx, r * params_before)
+        candidate = copy.deepcopy(loaded)
+        apply_plan(candidate, step.plan)
+        val_pruned = train.accuracy(candidate, data.val)
+        drop = current_val - val_pruned
+        is_final = k == len(ratios) - 1
+        prev = ratios[k - 1] if k else 1.0
+        # guard: a step that hurts too much at pruning time is undone and split
+        # in two (once per scheduled step, so the cost stays bounded); the
+        # step's recovery budget is shared between the two halves
+        if cfg.buffer and not is_final and drop > cfg.tolerance and k not in split_done:
+            steps_log.append({"ratio": r, "metric": val_pruned, "accepted": False, "drop": drop})
+            split_done.update({k, k + 1})
+            ratios.insert(k, (prev + r) / 2)
+            half = recov[k] // 2
+            recov[k] -= half
+            recov.insert(k, half)
+            log.info("step to %.3f dropped validation accuracy by %.3f > %.3f: undone, trying %.3f first",
+                     r, drop, cfg.tolerance, ratios[k])
+            continue
+        loaded = candidate
+        # scores are indexed by the blocks the planner saw: key them by original block
+        last_scores = {lineage.blocks[i]: sc for i, sc in enumerate(step.layer_scores)}
+        last_kinds = {lineage.blocks[i]: kd for i, kd in enumerate(step.kinds)}
+        lineage = lineage.advance(step.plan)
+        train.recover(loaded, teacher, data.train, recov[k], cfg.lr, cfg.head_lr, cfg.batch_size,
+                      cfg.seed + 100 + k, progress=progress, stage=f"recovery {k + 1}/{len(ratios)}")
+        current_val = train.accuracy(loaded, data.val)
+        steps_log.append({"ratio": count_params(loaded.model) / params_before, "target": r,
+                          "metric": current_val, "metric_at_prune": val_pruned, "accepted": True,
+                          "recovery_steps": recov[k]})
+        k += 1
+
+    params_after = count_params(loaded.model)
+    kept = params_after / params_before
+    if abs(kept - cfg.ratio) > RATIO_TOLERANCE:
+        raise TargetNotMet(f"could only reach a kept ratio of {kept:.3f} for --ratio {cfg.ratio}; "
+                           "allow block removal or pick a ratio the architecture can reach")
+    after = train.accuracy(loaded, data.test)
+    loaded.refresh_meta()
+    loaded.meta["compress"] = {"method": cfg.method, "ratio": cfg.ratio, "seed": cfg.seed}
+    plan = _plan_json(cfg, lineage, last_scores, last_kinds)
+    report = {
+        "params_before": params_before, "params_after": params_after, "params_ratio": kept,
+        "macs_before": macs_before, "macs_after": count_macs(loaded, x1),
+        "metric": "accuracy", "before": before, "after": after,
+        "val_before": val_before, "val_after": current_val,
+        "steps": steps_log, "personalization": fit, "data": data.summary(),
+        "config": cfg.to_dict(), "seconds": round(time.time() - t0, 2),
+    }
+    return Pruned(loaded, plan, report, teacher, data)
+
+
+def _plan_json(cfg: PruneConfig, lineage: Lineage, scores, kinds) -> dict[str, Any]:
+    """plan.json: one unit per attention / MLP half-block of the original model."""
+    units = []
+    for b, (H, M) in enumerate(lineage.totals):
+        alive = b in lineage.blocks
+        j = lineage.blocks.index(b) if alive else None
+        for part, total in (("attn", H), ("mlp", M)):
+            kept = len(lineage.heads[j] if part == "attn" else lineage.channels[j]) if alive else 0
+            score = scores[b][part] if scores and b in scores else None
+            kind = kinds[b][part] if kinds and b in kinds else "common"
+            units.append({"name": f"blocks.{b}.{part}", "kind": kind, "score": score, "kept": kept, "total": total,
+                          "unit": "heads" if part == "attn" else "channels"})
+    return {"method": cfg.method, "seed": cfg.seed, "ratio": cfg.ratio, "buffer": cfg.buffer,
+            "units": units, "keep": lineage.as_plan().to_dict()}

@@ -1,0 +1,124 @@
+"""Fitting the model to the user (head / fine-tune), evaluation and recovery."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .data import Split
+from .loading import Loaded
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@torch.no_grad()
+def predict(loaded: Loaded, split: Split, batch_size: int = 64) -> torch.Tensor:
+    loaded.model.eval()
+    outs = [loaded.adapter.logits(loaded.model, xb) for xb, _ in split.batches(batch_size)]
+    return torch.cat(outs)
+
+
+def accuracy(loaded: Loaded, split: Split, batch_size: int = 64) -> float:
+    if len(split) == 0:
+        return float("nan")
+    return (predict(loaded, split, batch_size).argmax(-1) == split.y).float().mean().item()
+
+
+@torch.no_grad()
+def _features(loaded: Loaded, split: Split, batch_size: int = 64) -> torch.Tensor:
+    loaded.model.eval()
+    return torch.cat([loaded.adapter.features(loaded.model, xb) for xb, _ in split.batches(batch_size)])
+
+
+def fit_head(loaded: Loaded, train: Split, val: Split, labels: list[str], epochs: int = 30,
+             seed: int = 0) -> dict:
+    """Linear probe on frozen features: a new head for the user's classes.
+
+    Full-batch AdamW on cached features with weight decay picked on the
+    validation split, so it takes seconds, not an epoch of backbone passes."""
+    ad = loaded.adapter
+    new = ad.set_num_classes(loaded.model, labels)
+    if new is not None:
+        loaded.model = new
+    ftr, fva = _features(loaded, train), _features(loaded, val)
+    mu, sd = ftr.mean(0), ftr.std(0) + 1e-6
+    best = None
+    for wd in (1e-4, 1e-2, 1e-1):
+        torch.manual_seed(seed)
+        lin = torch.nn.Linear(ftr.shape[1], len(labels))
+        opt = torch.optim.AdamW(lin.parameters(), lr=1e-2, weight_decay=wd)
+        for _ in range(max(epochs, 1) * 10):
+            opt.zero_grad()
+            F.cross_entropy(lin((ftr - mu) / sd), train.y).backward()
+            opt.step()
+        with torch.no_grad():
+            acc = (lin((fva - mu) / sd).argmax(-1) == val.y).float().mean().item()
+        if best is None or acc > best[0]:
+            best = (acc, wd, lin)
+    acc, wd, lin = best
+    # fold the feature standardization into the head so the model stays stock
+    head = ad.classifier(loaded.model)
+    with torch.no_grad():
+        head.weight.copy_(lin.weight / sd)
+        head.bias.copy_(lin.bias - (lin.weight / sd) @ mu)
+    loaded.meta["labels"] = list(labels)
+    return {"val_accuracy": acc, "weight_decay": wd}
+
+
+def _param_groups(loaded: Loaded, lr: float, head_lr: float):
+    head = getattr(loaded.adapter, "classifier", None)
+    head_ids = {id(p) for p in head(loaded.model).parameters()} if head else set()
+    body = [p for p in loaded.model.parameters() if id(p) not in head_ids and p.requires_grad]
+    heads = [p for p in loaded.model.parameters() if id(p) in head_ids]
+    groups = [{"params": body, "lr": lr}]
+    if heads:
+        groups.append({"params": heads, "lr": head_lr})
+    return groups
+
+
+def recover(student: Loaded, teacher: Loaded | None, train: Split, steps: int, lr: float, head_lr: float,
+            batch_size: int, seed: int, temperature: float = 2.0, alpha: float = 0.5,
+            progress: Progress | None = None, stage: str = "recovery") -> list[float]:
+    """Short recovery: cross-entropy on the user's labels, plus (when a teacher
+    is given) KL distillation from the unpruned personalized model."""
+    if steps <= 0:
+        return []
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(_param_groups(student, lr, head_lr), weight_decay=0.01)
+    base = [grp["lr"] for grp in opt.param_groups]
+    losses: list[float] = []
+    student.model.train()
+    if teacher is not None:
+        teacher.model.eval()
+    done = 0
+    while done < steps:
+        for xb, yb in train.batches(batch_size, shuffle=True, generator=g):
+            # cosine decay keeps late steps from undoing what early ones fixed
+            scale = 0.5 * (1 + math.cos(math.pi * done / steps))
+            for grp, b in zip(opt.param_groups, base):
+                grp["lr"] = b * scale
+            logits = student.adapter.logits(student.model, xb)
+            loss = F.cross_entropy(logits, yb)
+            if teacher is not None:
+                with torch.no_grad():
+                    t = teacher.adapter.logits(teacher.model, xb)
+                kd = F.kl_div(F.log_softmax(logits / temperature, -1), F.log_softmax(t / temperature, -1),
+                              reduction="batchmean", log_target=True) * temperature ** 2
+                loss = (1 - alpha) * loss + alpha * kd
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            done += 1
+            if progress:
+                progress(stage, done, steps)
+            if done >= steps:
+                break
+    student.model.eval()
+    return losses

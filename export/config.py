@@ -1,0 +1,100 @@
+"""ExportConfig: every knob of the export stage, validated up front."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pocketsize.errors import BadInput
+
+CONFIG_VERSION = 1
+QUANTIZE = ("none", "int8")
+_COREML_TARGET = re.compile(r"^(iOS|macOS|tvOS|watchOS)\d+$")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What to export and how strictly to check it.
+
+    targets: keys of ``export.targets.TARGETS`` (a tuple, or a comma string such
+        as ``"executorch,onnx"``).
+    quantize: ``"none"`` (fp32; Core ML fp16 compute) or ``"int8"``.
+    data: the user's ImageFolder; parity runs on its held-out split and int8
+        calibration on its training split. Without it both use seeded random
+        inputs shaped like the model input.
+    parity_samples: held-out (or random) inputs each artifact is checked on.
+    calib_samples: training images used to calibrate static int8.
+    The ``*_atol`` / ``*_snr_db`` / ``*_top1`` fields are the pass thresholds per
+    precision; they are written into every parity record.
+    """
+
+    targets: tuple[str, ...] = ("executorch", "onnx", "coreml")
+    quantize: str = "none"
+    data: str | None = None
+    seed: int = 0
+    parity_samples: int = 64
+    calib_samples: int = 32
+    # thresholds (see export.parity)
+    fp32_atol: float = 1e-4          # max |eager - artifact|, scaled by max(1, max|eager|)
+    fp16_min_snr_db: float = 30.0
+    fp16_min_top1: float = 0.95
+    int8_min_snr_db: float = 12.0
+    int8_min_top1: float = 0.9       # only enforced on the user's data (random inputs make ties)
+    # backend options
+    onnx_opset: int = 18
+    coreml_target: str = "iOS17"
+    coreml_precision: str = "fp16"
+    xnnpack_rewrites: bool = True    # express LayerNorm/SDPA in ops XNNPACK takes (see export.rewrites)
+
+    def __post_init__(self) -> None:
+        from .targets import target_names  # light: names only, no toolchains
+
+        targets = self.targets
+        if isinstance(targets, str):
+            targets = tuple(t.strip() for t in targets.split(","))
+        targets = tuple(dict.fromkeys(t.strip().lower() for t in targets if t and t.strip()))
+        if not targets:
+            raise BadInput(f"--to is empty; pass one or more of {','.join(target_names())}")
+        unknown = [t for t in targets if t not in target_names()]
+        if unknown:
+            raise BadInput(f"unknown export target(s) {', '.join(unknown)}; valid: {', '.join(target_names())}")
+        object.__setattr__(self, "targets", targets)
+        if self.quantize not in QUANTIZE:
+            raise BadInput(f"--quantize {self.quantize!r} is not supported; use one of {', '.join(QUANTIZE)}")
+        if self.data is not None:
+            data = Path(self.data)
+            if not data.exists():
+                raise BadInput(f"--data {data} does not exist; pass a folder with one subfolder of images per class")
+            object.__setattr__(self, "data", str(data))
+        if int(self.parity_samples) < 1:
+            raise BadInput(f"parity_samples={self.parity_samples}: check at least 1 input")
+        if int(self.calib_samples) < 1:
+            raise BadInput(f"calib_samples={self.calib_samples}: calibrate on at least 1 input")
+        if not 13 <= int(self.onnx_opset) <= 23:
+            raise BadInput(f"onnx_opset={self.onnx_opset}: use an opset between 13 and 23 (default 18)")
+        if not _COREML_TARGET.match(str(self.coreml_target)):
+            raise BadInput(f"coreml_target={self.coreml_target!r}: use a name like iOS17, iOS18 or macOS14")
+        if self.coreml_precision not in ("fp16", "fp32"):
+            raise BadInput(f"coreml_precision={self.coreml_precision!r}: use fp16 or fp32")
+        if self.fp32_atol <= 0:
+            raise BadInput(f"fp32_atol={self.fp32_atol}: must be > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["targets"] = list(self.targets)
+        d["version"] = CONFIG_VERSION
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ExportConfig":
+        d = {k: v for k, v in d.items() if k != "version"}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise BadInput(f"unknown ExportConfig keys {sorted(unknown)}; valid keys: {sorted(known)}")
+        if "targets" in d:
+            d["targets"] = tuple(d["targets"]) if not isinstance(d["targets"], str) else d["targets"]
+        return cls(**d)

@@ -1,0 +1,155 @@
+"""What export() accepts as a model, and the inputs it checks artifacts on.
+
+A model reaches export as a MODEL spec / directory (loaded through
+``compress.loading``), an already-loaded ``compress.loading.Loaded`` (or any
+object with ``logits_module()`` and ``meta``), a stock timm/transformers module,
+or an explicit :class:`Source`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pocketsize.errors import BadInput, PocketsizeError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Source:
+    """A logits module plus the metadata an app needs to feed it."""
+
+    module: nn.Module                    # forward(x) -> logits tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+    name: str = "in-process"
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        return dict(self.meta.get("preprocessing") or {})
+
+    @property
+    def task(self) -> str:
+        return str(self.meta.get("task", "image-classification"))
+
+    def input_shape(self) -> tuple[int, ...]:
+        size = self.preprocessing.get("input_size")
+        if not size:
+            raise BadInput(f"{self.name}: metadata has no preprocessing.input_size; "
+                           "re-save the model with pocketsize compress or pass export.Source(module, meta)")
+        return (1, *[int(s) for s in size])
+
+    @property
+    def input_name(self) -> str:
+        return str(self.preprocessing.get("input_name") or "pixel_values")
+
+
+def resolve(obj: Any) -> Source:
+    """Turn whatever the caller passed into a :class:`Source`."""
+    if isinstance(obj, Source):
+        src = obj
+    elif hasattr(obj, "logits_module") and hasattr(obj, "meta"):
+        meta = dict(obj.meta)
+        src = Source(obj.logits_module(), meta, str(meta.get("source", "in-process")))
+    elif isinstance(obj, nn.Module):
+        src = _from_module(obj)
+    elif isinstance(obj, (str, Path)):
+        src = _from_spec(obj)
+    else:
+        raise BadInput(f"cannot export a {type(obj).__name__}; pass a model directory, a MODEL spec, "
+                       "a loaded model or an nn.Module")
+    if src.task != "image-classification":
+        raise BadInput(f"{src.name} is a {src.task} model; pocketsize export handles image classifiers "
+                       "(causal-LM export is not implemented yet)")
+    src.module.eval()
+    return src
+
+
+def _from_module(model: nn.Module) -> Source:
+    try:
+        from compress.loading import Loaded
+        from compress.models import adapter_for
+    except ImportError:  # pragma: no cover - compress ships with pocketsize
+        raise BadInput("pass export.Source(module, meta) for a bare module") from None
+    adapter = adapter_for(model)  # BadInput listing the supported families
+    loaded = Loaded(model.eval(), adapter, {"source": "in-process", "task": adapter.task})
+    if hasattr(adapter, "preprocessing"):
+        loaded.meta["preprocessing"] = adapter.preprocessing(model)
+    return resolve(loaded)
+
+
+def _from_spec(spec: str | Path) -> Source:
+    from compress.loading import load_model
+
+    s = str(spec)
+    local = not s.split(":", 1)[0] in ("timm", "hf", "zoo")
+    if local and not Path(s).exists():
+        raise BadInput(f"MODEL_DIR {s} does not exist; pass the DIR/model folder written by pocketsize compress "
+                       "(or a save_pretrained / save_for_hf directory)")
+    try:
+        loaded = load_model(s)
+    except PocketsizeError:
+        raise
+    except Exception as e:  # a corrupt local directory must read as bad input, not a crash
+        if not local:
+            raise
+        raise BadInput(f"MODEL_DIR {s} could not be read ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                       "re-create it with pocketsize compress") from None
+    meta = dict(loaded.meta)
+    meta.setdefault("source", s)
+    meta.setdefault("task", getattr(loaded, "task", "image-classification"))
+    return Source(loaded.logits_module(), meta, s)
+
+
+@dataclass
+class Inputs:
+    """Inputs every artifact is checked on, and those int8 is calibrated on."""
+
+    parity: torch.Tensor
+    labels: torch.Tensor | None
+    calib: torch.Tensor | None          # None: no user data, int8 falls back to dynamic
+    record: dict[str, Any]
+
+
+def make_inputs(src: Source, config: Any, data: Any = None) -> Inputs:
+    """Held-out images of the user's data when given, else seeded random inputs.
+
+    ``data`` may be an already-loaded ``compress.data.ImageData`` (saves
+    re-reading the folder when the caller has it); otherwise ``config.data``
+    is read with the same seed compress used, so the held-out split is the
+    one compress never trained on.
+    """
+    shape = src.input_shape()
+    if data is None and config.data is not None:
+        from compress.data import load_image_data
+
+        data = load_image_data(config.data, src.preprocessing, seed=int(config.seed))
+    if data is None:
+        g = torch.Generator().manual_seed(int(config.seed))
+        x = torch.randn((int(config.parity_samples), *shape[1:]), generator=g)
+        return Inputs(x, None, None, {"kind": "random", "samples": int(x.shape[0]), "seed": int(config.seed),
+                                      "calibration": "none (int8 uses dynamic quantization)"})
+    test = data.test
+    n = min(int(config.parity_samples), len(test))
+    if n == 0:
+        raise BadInput("--data has no held-out images; add more images per class")
+    x = test.normalized(0, n)
+    if tuple(x.shape[1:]) != shape[1:]:
+        raise BadInput(f"--data images come out as {list(x.shape[1:])} but the model takes {list(shape[1:])}; "
+                       "load the data with the model's preprocessing")
+    labels = test.y[:n].long()
+    model_labels = src.meta.get("labels")
+    if model_labels and list(model_labels) != list(data.labels):
+        log.warning("model labels %s differ from data classes %s: accuracy not reported", model_labels, data.labels)
+        labels = None
+    pool = data.train if len(data.train) else data.val
+    m = min(int(config.calib_samples), len(pool))
+    calib = pool.normalized(0, m) if m else None
+    return Inputs(x, labels, calib, {"kind": "held-out", "data": str(config.data) if config.data else "in-process",
+                                     "samples": n, "seed": int(config.seed), "calibration_samples": m,
+                                     "calibration": "training split" if m else "none"})

@@ -1,0 +1,116 @@
+"""Core ML: an mlprogram .mlpackage (fp16 compute by default, iOS 17 by default).
+
+coremltools converts on any OS but predicts only on macOS. On Linux, verify()
+checks the structure (inputs, outputs, shapes, op list) and reports parity as
+not checked, with the reason: never a fake pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pocketsize.errors import BadInput
+
+from . import Job, Verified, failure
+
+FORMAT = "coreml"
+SUFFIX = ".mlpackage"
+BACKEND = "Core ML (coremltools)"
+NO_PREDICT_REASON = "Core ML prediction needs macOS"
+
+log = logging.getLogger(__name__)
+
+
+def _can_predict() -> bool:
+    return platform.system() == "Darwin"
+
+
+def export(job: Job, path: Path) -> dict[str, Any]:
+    # coremltools logs every graph pass at INFO; keep the user's stderr readable
+    quiet = logging.getLogger("coremltools")
+    old = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        return _export(job, path)
+    finally:
+        quiet.setLevel(old)
+
+
+def _export(job: Job, path: Path) -> dict[str, Any]:
+    import coremltools as ct
+
+    target = getattr(ct.target, job.config.coreml_target, None)
+    if target is None:
+        valid = [t for t in dir(ct.target) if not t.startswith("_")]
+        raise BadInput(f"coreml_target {job.config.coreml_target!r} is unknown to coremltools {ct.__version__}; "
+                       f"valid: {', '.join(valid)}")
+    precision = ct.precision.FLOAT16 if job.config.coreml_precision == "fp16" else ct.precision.FLOAT32
+    try:
+        ep = torch.export.export(job.module, (job.example,)).run_decompositions({})
+        ml = ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=target, compute_precision=precision,
+                        inputs=[ct.TensorType(name=job.input_name, shape=tuple(job.example.shape))],
+                        outputs=[ct.TensorType(name=job.output_name)], skip_model_load=not _can_predict())
+        info: dict[str, Any] = {"deployment_target": job.config.coreml_target,
+                                "compute_precision": job.config.coreml_precision}
+        if job.quantize == "int8":
+            from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
+
+            cfg = OptimizationConfig(global_config=OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8"))
+            ml = linear_quantize_weights(ml, config=cfg)
+            info["quantization"] = {"tool": "coremltools.optimize.coreml.linear_quantize_weights",
+                                    "scheme": "weight-only", "weights": "int8 symmetric per-channel",
+                                    "calibration_samples": 0}
+        ml.save(str(path))
+    except BadInput:
+        raise
+    except Exception as e:
+        raise failure(BACKEND, e) from e
+    return info
+
+
+def _structure(path: Path) -> dict[str, Any]:
+    import coremltools as ct
+
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    ops: dict[str, int] = {}
+    for fn in spec.mlProgram.functions.values():
+        for block in fn.block_specializations.values():
+            for op in block.operations:
+                ops[op.type] = ops.get(op.type, 0) + 1
+    return {
+        "spec_version": int(spec.specificationVersion),
+        "inputs": [{"name": i.name, "shape": [int(s) for s in i.type.multiArrayType.shape]} for i in spec.description.input],
+        "outputs": [{"name": o.name, "shape": [int(s) for s in o.type.multiArrayType.shape]} for o in spec.description.output],
+        "ops": dict(sorted(ops.items())),
+    }
+
+
+def verify(path: Path, job: Job, inputs: torch.Tensor) -> Verified:
+    structure = _structure(path)
+    problems = []
+    want_in = {"name": job.input_name, "shape": list(job.example.shape)}
+    if structure["inputs"] != [want_in]:
+        problems.append(f"inputs are {structure['inputs']}, expected [{want_in}]")
+    out_names = [o["name"] for o in structure["outputs"]]
+    if out_names != [job.output_name]:
+        problems.append(f"outputs are {out_names}, expected [{job.output_name!r}]")
+    with torch.no_grad():
+        want_out = list(job.module(job.example).shape)
+    got_out = structure["outputs"][0]["shape"] if structure["outputs"] else []
+    if got_out and got_out != want_out:  # an empty shape means "flexible": accepted
+        problems.append(f"output shape is {got_out}, eager gives {want_out}")
+    if not structure["ops"]:
+        problems.append("the ML program has no operations")
+    if not _can_predict():
+        return Verified(reason=NO_PREDICT_REASON, structure=structure, problems=problems)
+    import coremltools as ct
+
+    ml = ct.models.MLModel(str(path))
+    outs = [torch.from_numpy(ml.predict({job.input_name: inputs[i:i + 1].numpy()})[job.output_name])
+            for i in range(inputs.shape[0])]
+    return Verified(outputs=torch.cat(outs).float(), structure=structure, problems=problems)

