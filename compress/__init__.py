@@ -12,8 +12,8 @@ from typing import Any
 __all__ = ["prune", "load", "load_model", "PruneConfig", "Pruned", "METHODS"]
 
 _LAZY = {
-    "prune": "compress.prune:prune",
-    "Pruned": "compress.prune:Pruned",
+    "prune": "compress.pruning:prune",
+    "Pruned": "compress.pruning:Pruned",
     "load": "compress.loading:load",
     "load_model": "compress.loading:load_model",
     "PruneConfig": "compress.config:PruneConfig",

@@ -50,10 +50,15 @@ def _round_to(x: float, m: int, lo: int, hi: int) -> int:
 
 def solve(budget: Budget, target: float, weights: Sequence[float], removed: Sequence[int] = (),
           min_heads: int = 1, channel_multiple: int = 8,
-          head_weights: Sequence[float] | None = None) -> list[tuple[int, int]]:
+          head_weights: Sequence[float] | None = None, uniform: bool = False) -> list[tuple[int, int]]:
     """Per-block (heads, channels) counts whose parameter total is as close to
-    ``target`` as the granularity allows, never above it by more than one channel group."""
+    ``target`` as the granularity allows, never above it by more than one channel group.
+
+    ``uniform``: ignore the weights and give every kept block the same widths
+    (blocks of equal original shape stay equal), see ``_fill_uniform``."""
     n = len(budget.heads)
+    if uniform:
+        weights, head_weights = [1.0] * n, None
     hw = list(head_weights) if head_weights is not None else list(weights)
     cm = lambda l: min(channel_multiple, budget.chans[l])  # noqa: E731
 
@@ -75,6 +80,8 @@ def solve(budget: Budget, target: float, weights: Sequence[float], removed: Sequ
         else:
             lo = mid
     best = counts(lo)
+    if uniform:
+        return _fill_uniform(budget, best, target, removed, channel_multiple)
     # fill what rounding left with channel groups, highest-weight blocks first
     order = sorted((l for l in range(n) if l not in removed), key=lambda l: -weights[l])
     grown = True
@@ -86,4 +93,21 @@ def solve(budget: Budget, target: float, weights: Sequence[float], removed: Sequ
             if step > 0 and budget.params(best, removed) + step * budget.chan_cost[l] <= target:
                 best[l] = (h, c + step)
                 grown = True
+    return best
+
+
+def _fill_uniform(budget: Budget, best: list[tuple[int, int]], target: float, removed: Sequence[int],
+                  channel_multiple: int) -> list[tuple[int, int]]:
+    """Grow every kept block by the same number of channels while the total
+    stays under ``target``: first in multiples of ``channel_multiple``, then,
+    only if that grid still misses by more than 0.5% of the model, one by one."""
+    kept = [l for l in range(len(best)) if l not in removed]
+    for step in (channel_multiple, 1):
+        while True:
+            if step == 1 and target - budget.params(best, removed) <= 0.005 * budget.total:
+                break
+            grown = [(h, c + step) if l in kept else (h, c) for l, (h, c) in enumerate(best)]
+            if any(grown[l][1] > budget.chans[l] for l in kept) or budget.params(grown, removed) > target:
+                break
+            best = grown
     return best

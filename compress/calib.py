@@ -24,6 +24,11 @@ class BlockStats:
     mid: torch.Tensor                 # (T, m) after the attention residual add
     mlp: torch.Tensor                 # (T, m) measurements of the MLP branch output
     x_out: torch.Tensor               # (T, m) block output
+    head_act: torch.Tensor | None = None   # (T, H, D) sampled inputs of the output projection
+    mlp_act: torch.Tensor | None = None    # (T, M) sampled MLP hidden activations
+    mid_raw: torch.Tensor | None = None    # (T, m) un-normalized measurements (for error ratios)
+    out_raw: torch.Tensor | None = None
+    phi: torch.Tensor | None = None
     cos_in_out: float = 0.0           # mean cosine(x_in, x_out) over sampled tokens (ShortGPT's BI = 1 - this)
     raw_norms: dict = field(default_factory=dict)
 
@@ -50,7 +55,8 @@ def collect(loaded: Loaded, x: torch.Tensor, measurements: int, tokens: int, see
     model, ad = loaded.model, loaded.adapter
     blocks = ad.blocks(model)
     g = torch.Generator().manual_seed(seed)
-    acc: list[dict] = [dict(head=0.0, chan=0.0, x_in=[], attn=[], mlp=[], x_out=[], cos=[]) for _ in blocks]
+    acc: list[dict] = [dict(head=0.0, chan=0.0, x_in=[], attn=[], mlp=[], x_out=[], cos=[], hact=[], mact=[])
+                       for _ in blocks]
     state: dict = {}
     hooks = []
 
@@ -82,10 +88,12 @@ def collect(loaded: Loaded, x: torch.Tensor, measurements: int, tokens: int, see
             # exact per-head contribution to the residual: W_o[:, h] a_h
             contrib = torch.einsum("thd,ehd->the", a, wo.reshape(wo.shape[0], H, D))
             acc[i]["head"] = acc[i]["head"] + contrib.norm(dim=-1).sum(0)
+            acc[i]["hact"].append(a)
 
         def on_mlp_in(mod, args, i=i, w2n=w2n):
             a = pick(args[0])
             acc[i]["chan"] = acc[i]["chan"] + a.abs().sum(0) * w2n
+            acc[i]["mact"].append(a)
 
         def on_branch(name):
             def f(mod, args, out, i=i):
@@ -126,6 +134,8 @@ def collect(loaded: Loaded, x: torch.Tensor, measurements: int, tokens: int, see
         out.append(BlockStats(
             head_score=a["head"] / count, chan_score=a["chan"] / count,
             x_in=meas(x_in), attn=attn @ phi.T, mid=meas(mid), mlp=mlp @ phi.T, x_out=meas(x_out),
+            head_act=torch.cat(a["hact"]), mlp_act=torch.cat(a["mact"]),
+            mid_raw=mid @ phi.T, out_raw=x_out @ phi.T, phi=phi,
             cos_in_out=sum(a["cos"]) / len(a["cos"]),
             raw_norms={"in": x_in.norm(dim=-1).mean().item(), "attn": attn.norm(dim=-1).mean().item(),
                        "mlp": mlp.norm(dim=-1).mean().item()},

@@ -34,6 +34,8 @@ def add_prune_args(p: argparse.ArgumentParser, methods) -> None:
     p.add_argument("--image-size", type=int, default=None, help="input resolution (default: the model's)")
     p.add_argument("--generic", default=None,
                    help="optional generic reference data for the personal/common contrast")
+    p.add_argument("--uniform", action="store_true",
+                   help="same widths in every layer (LLMs: the output then also loads with plain from_pretrained)")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -47,6 +49,8 @@ def config_from_args(args: argparse.Namespace):
     extra = {}
     if args.image_size:
         extra["image_size"] = args.image_size
+    if getattr(args, "uniform", False):
+        extra["uniform"] = True
     return PruneConfig(**kw, extra=extra)
 
 
@@ -64,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
     from pocketsize.io import atomic_dir, check_out_dir
     from pocketsize.progress import StageBars
 
-    from .prune import prune
+    from .pruning import prune
 
     cfg = config_from_args(args)  # validate flags before any heavy work
     check_out_dir(args.out)

@@ -151,7 +151,8 @@ def load_image_data(path: str | Path, preprocessing: dict[str, Any], seed: int =
     it = items
     if progress:
         from tqdm import tqdm
-        it = tqdm(items, desc="reading images", unit="img", leave=False)
+        # disable=None: no bar when stderr is not a terminal (logs, CI, pipes)
+        it = tqdm(items, desc="reading images", unit="img", leave=False, disable=None)
     for f, ci in it:
         try:
             xs.append(load_image(f, preprocessing))

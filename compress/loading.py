@@ -32,6 +32,7 @@ class Loaded:
     model: nn.Module
     adapter: Adapter
     meta: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Any = None  # language models: the transformers tokenizer saved with them
 
     @property
     def task(self) -> str:
@@ -175,7 +176,13 @@ def _load_hf(ident: str, source: str, **kwargs: Any) -> Loaded:
             or cfg.model_type in ("llama", "qwen2", "qwen3", "gpt2", "mistral")):
         raise BadInput(f"no adapter handles {archs[0] if archs else cfg.model_type!r} models; supported: "
                        "ViT/DeiT/Dinov2 image models and Llama/Qwen2/Qwen3/GPT-2 causal LMs")
-    from .models.hf_causal_lm import load_causal_lm  # LLMs: separate module
+    try:
+        from .models.hf_causal_lm import load_causal_lm  # LLMs: separate module
+    except ModuleNotFoundError as e:
+        if e.name != "compress.models.hf_causal_lm":
+            raise
+        raise BadInput(f"{source} ({cfg.model_type}) is not a vision transformer and language-model support is "
+                       "not installed; pass a ViT/DeiT/Dinov2 or timm VisionTransformer") from None
 
     return load_causal_lm(ident, cfg, source=source, **kwargs)
 
@@ -225,6 +232,7 @@ def save_model_dir(loaded: Loaded, dest: Path) -> None:
     meta = dict(loaded.meta)
     meta["format_version"] = FORMAT_VERSION
     save_model(loaded.model, str(dest / WEIGHTS_FILE))
+    loaded.adapter.save_extras(loaded, dest)
     write_json(dest / META_FILE, meta)
 
 
@@ -240,7 +248,9 @@ def load_pocketsize_dir(path: Path) -> Loaded:
     if not weights.exists():
         raise BadInput(f"{path} has no {WEIGHTS_FILE}; the model directory is incomplete, run pocketsize compress again")
     _load_safetensors(model, weights)
-    return Loaded(model.eval(), adapter, meta)
+    loaded = Loaded(model.eval(), adapter, meta)
+    adapter.load_extras(loaded, path)
+    return loaded
 
 
 def load(path: str | Path) -> nn.Module:

@@ -56,7 +56,7 @@ def _magnitude(ctx: StepContext):
         s = ad.block_shape(blk)
         h = torch.zeros(s.heads)
         for lin in ad.head_in(blk):  # rows grouped [.., H, D] (fused qkv: [3, H, D])
-            w = lin.weight.detach().reshape(-1, s.heads, s.head_dim, lin.weight.shape[1])
+            w = ad.head_weight_view(blk, lin, lin.weight.detach())
             h += w.pow(2).sum(dim=(0, 2, 3))
         wo = ad.head_out(blk).weight.detach()
         h += wo.reshape(wo.shape[0], s.heads, s.head_dim).pow(2).sum(dim=(0, 2))
@@ -95,7 +95,7 @@ def _taylor(ctx: StepContext):
         t = lambda p: (p.detach() * p.grad).abs() if p.grad is not None else torch.zeros_like(p)  # noqa: E731
         h = torch.zeros(s.heads)
         for lin in ad.head_in(blk):
-            h += t(lin.weight).reshape(-1, s.heads, s.head_dim, lin.weight.shape[1]).sum(dim=(0, 2, 3))
+            h += ad.head_weight_view(blk, lin, t(lin.weight)).sum(dim=(0, 2, 3))
         wo = ad.head_out(blk).weight
         h += t(wo).reshape(wo.shape[0], s.heads, s.head_dim).sum(dim=(0, 2))
         c = sum(t(l.weight).sum(1) for l in ad.mlp_in(blk)) + t(ad.mlp_out(blk).weight).sum(0)
@@ -131,6 +131,36 @@ def hei_scores(stats) -> list[dict[str, float]]:
     return [{"attn": conditional_entropy(s.mid, s.x_in), "mlp": conditional_entropy(s.x_out, s.mid)} for s in stats]
 
 
+@torch.no_grad()
+def hei_loss_scores(ctx: StepContext, stats, keep_frac: float) -> list[dict[str, float]]:
+    """Entropy increase of the pruning error, per half-block: prune the block
+    alone to ``keep_frac`` (by activation importance), measure the error it
+    injects into the residual stream through the same Phi, and compare its
+    Gaussian entropy with the stream's: H(Phi e) - H(Phi x). High = the user's
+    data needs this unit (personalized); low = redundant for this user (common)."""
+    ad = ctx.loaded.adapter
+    out = []
+    for blk, st in zip(ad.blocks(ctx.loaded.model), stats):
+        shape = ad.block_shape(blk)
+        g_attn, g_mlp = ad.layer_scales(blk)
+        wo = ad.head_out(blk).weight.detach()
+        d = wo.shape[0]
+        n_drop_h = shape.heads - max(1, round(shape.heads * keep_frac))
+        drop_h = torch.argsort(st.head_score)[:n_drop_h]
+        e_attn = torch.einsum("thd,ehd->te", st.head_act[:, drop_h],
+                              wo.reshape(d, shape.heads, shape.head_dim)[:, drop_h])
+        w2 = ad.mlp_out(blk).weight.detach()
+        n_drop_c = shape.mlp_hidden - max(1, round(shape.mlp_hidden * keep_frac))
+        drop_c = torch.argsort(st.chan_score)[:n_drop_c]
+        e_mlp = st.mlp_act[:, drop_c] @ w2[:, drop_c].T
+        if g_attn is not None:
+            e_attn = e_attn * g_attn.detach()
+            e_mlp = e_mlp * g_mlp.detach()
+        out.append({"attn": gaussian_entropy(e_attn @ st.phi.T) - gaussian_entropy(st.mid_raw),
+                    "mlp": gaussian_entropy(e_mlp @ st.phi.T) - gaussian_entropy(st.out_raw)})
+    return out
+
+
 def _zscores(v: list[float]) -> list[float]:
     t = torch.tensor(v, dtype=torch.float64)
     sd = t.std().item() if len(v) > 1 else 0.0
@@ -138,6 +168,12 @@ def _zscores(v: list[float]) -> list[float]:
 
 
 # --- planners ------------------------------------------------------------------
+
+def _uniform(ctx: StepContext) -> bool:
+    """Uniform-width mode (PruneConfig.extra["uniform"]): every kept block gets
+    the same widths, so an LLM's stock config describes the result."""
+    return bool(ctx.cfg.extra.get("uniform", False))
+
 
 def _select(scores: torch.Tensor, n: int) -> list[int]:
     return sorted(torch.argsort(scores, descending=True, stable=True)[:n].tolist())
@@ -166,7 +202,7 @@ def uniform_planner(importance: Callable) -> Callable:
         budget = Budget.of(ctx.loaded)
         n = len(budget.heads)
         counts = solve(budget, target, [1.0] * n, min_heads=ctx.cfg.min_heads,
-                       channel_multiple=ctx.cfg.channel_multiple)
+                       channel_multiple=ctx.cfg.channel_multiple, uniform=_uniform(ctx))
         scores = [{"attn": float(u[0].mean()), "mlp": float(u[1].mean())} for u in unit]
         return StepPlan(_plan_from_counts(unit, counts), scores, _kinds_from(scores))
     return plan
@@ -177,18 +213,21 @@ def plan_hei(ctx: StepContext, target: float) -> StepPlan:
     personalized and common, common blocks take most of the cut; inside a
     block, activation importance picks the units."""
     stats = ctx.stats("user")
-    scores = hei_scores(stats)
+    variant = ctx.cfg.extra.get("hei_score", "loss")
+    budget = Budget.of(ctx.loaded)
+    frac = min(1.0, target / budget.total)
+    score_fn = (lambda st: hei_loss_scores(ctx, st, frac)) if variant == "loss" else hei_scores
+    scores = score_fn(stats)
     if ctx.generic_x is not None:  # contrast: what the unit adds for this user beyond generic data
-        gen = hei_scores(ctx.stats("generic"))
+        gen = score_fn(ctx.stats("generic"))
         scores = [{k: s[k] - g[k] for k in s} for s, g in zip(scores, gen)]
     beta = float(ctx.cfg.extra.get("hei_beta", 0.3))
     za, zm = _zscores([s["attn"] for s in scores]), _zscores([s["mlp"] for s in scores])
     head_w = [math.exp(beta * z) for z in za]
     chan_w = [math.exp(beta * z) for z in zm]
     unit = [(s.head_score, s.chan_score) for s in stats]
-    budget = Budget.of(ctx.loaded)
     counts = solve(budget, target, chan_w, head_weights=head_w, min_heads=ctx.cfg.min_heads,
-                   channel_multiple=ctx.cfg.channel_multiple)
+                   channel_multiple=ctx.cfg.channel_multiple, uniform=_uniform(ctx))
     return StepPlan(_plan_from_counts(unit, counts), scores, _kinds_from(scores))
 
 
@@ -208,7 +247,7 @@ def plan_block_influence(ctx: StepContext, target: float) -> StepPlan:
             break
         removed.append(i)
     counts = solve(budget, target, [1.0] * n, removed=removed, min_heads=ctx.cfg.min_heads,
-                   channel_multiple=ctx.cfg.channel_multiple)
+                   channel_multiple=ctx.cfg.channel_multiple, uniform=_uniform(ctx))
     unit = [(s.head_score, s.chan_score) for s in stats]
     scores = [{"attn": b, "mlp": b} for b in bi]
     return StepPlan(_plan_from_counts(unit, counts, removed), scores, _kinds_from(scores))

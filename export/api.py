@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from pocketsize.errors import ParityError
-from pocketsize.io import atomic_dir, write_json
+from pocketsize.io import atomic_dir, check_out_dir, write_json
 
 from . import parity as _parity
 from .config import ExportConfig
@@ -39,10 +39,11 @@ def export(model: Any, out_dir: str | Path, config: ExportConfig | None = None, 
     """
     config = config or ExportConfig()
     t0 = time.perf_counter()
+    check_out_dir(out_dir)  # fail before minutes of loading, not after
     src = resolve(model)
     inputs = make_inputs(src, config, data)
     with torch.no_grad():
-        ref = src.module(inputs.parity).float()
+        ref = torch.cat([src.module(inputs.parity[i:i + 32]).float() for i in range(0, inputs.parity.shape[0], 32)])
         example_out = src.module(inputs.parity[:1])
     job = Job(module=src.module, example=inputs.parity[:1].clone(), input_name=src.input_name,
               output_name=OUTPUT_NAME, quantize=config.quantize, calib=inputs.calib, config=config)
@@ -163,7 +164,7 @@ def _manifest(src: Source, config: ExportConfig, job: Job, example_out: torch.Te
         "source": src.name,
         "task": src.task,
         "family": src.meta.get("family"),
-        "labels": src.meta.get("labels"),
+        "labels": src.meta.get("labels") or inputs.class_names,
         "preprocessing": pp,
         "inputs": [{"name": job.input_name, "shape": list(job.example.shape), "dtype": "float32",
                     "layout": pp.get("layout", "NCHW"), "color": pp.get("color", "RGB"),

@@ -1,4 +1,4 @@
-"""Express LayerNorm and attention in ops the XNNPACK delegate takes.
+"""Express LayerNorm, attention and mean in ops the XNNPACK delegate takes.
 
 XNNPACK (ExecuTorch 1.5) has no LayerNorm kernel and rejects the mask/NaN
 guards that ``scaled_dot_product_attention`` decomposes into (any, eq, where,
@@ -23,6 +23,24 @@ import torch.nn.functional as F
 
 _ORIG_SDPA = F.scaled_dot_product_attention
 _ORIG_LN = F.layer_norm
+_ORIG_MEAN = torch.Tensor.mean
+_ORIG_TORCH_MEAN = torch.mean
+
+
+def _mean(x, dim=None, keepdim=False, *, dtype=None):
+    """Any mean over given dims as a 4D (1, kept, reduced, 1) mean over (2, 3):
+    the only mean XNNPACK takes (e.g. Dinov2's pooling of patch tokens)."""
+    if dim is None or dtype is not None or not isinstance(x, torch.Tensor) or x.dim() == 0:
+        return _ORIG_MEAN(x, dim, keepdim, dtype=dtype) if dim is not None else _ORIG_MEAN(x, dtype=dtype)
+    dims = sorted({d % x.dim() for d in (dim if isinstance(dim, (list, tuple)) else [dim])})
+    if x.dim() == 4 and dims == [2, 3] and keepdim:
+        return _ORIG_MEAN(x, dims, True)
+    kept = [d for d in range(x.dim()) if d not in dims]
+    p = math.prod(int(x.shape[d]) for d in kept)
+    r = math.prod(int(x.shape[d]) for d in dims)
+    m = _ORIG_MEAN(x.permute(*kept, *dims).reshape(1, p, r, 1), [2, 3], True)
+    shape = [1 if d in dims else int(x.shape[d]) for d in range(x.dim())] if keepdim else [int(x.shape[d]) for d in kept]
+    return m.reshape(shape)
 
 
 def _layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -68,13 +86,15 @@ def _sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, e
 
 @contextlib.contextmanager
 def xnnpack_friendly(enabled: bool = True) -> Iterator[None]:
-    """Within the block, F.layer_norm and F.scaled_dot_product_attention use
-    the delegate-friendly forms above."""
+    """Within the block, F.layer_norm, F.scaled_dot_product_attention and
+    Tensor.mean / torch.mean use the delegate-friendly forms above."""
     if not enabled:
         yield
         return
     F.layer_norm, F.scaled_dot_product_attention = _layer_norm, _sdpa
+    torch.Tensor.mean, torch.mean = _mean, _mean
     try:
         yield
     finally:
         F.layer_norm, F.scaled_dot_product_attention = _ORIG_LN, _ORIG_SDPA
+        torch.Tensor.mean, torch.mean = _ORIG_MEAN, _ORIG_TORCH_MEAN

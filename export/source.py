@@ -114,6 +114,7 @@ class Inputs:
     labels: torch.Tensor | None
     calib: torch.Tensor | None          # None: no user data, int8 falls back to dynamic
     record: dict[str, Any]
+    class_names: list[str] | None = None
 
 
 def make_inputs(src: Source, config: Any, data: Any = None) -> Inputs:
@@ -150,6 +151,6 @@ def make_inputs(src: Source, config: Any, data: Any = None) -> Inputs:
     pool = data.train if len(data.train) else data.val
     m = min(int(config.calib_samples), len(pool))
     calib = pool.normalized(0, m) if m else None
-    return Inputs(x, labels, calib, {"kind": "held-out", "data": str(config.data) if config.data else "in-process",
-                                     "samples": n, "seed": int(config.seed), "calibration_samples": m,
-                                     "calibration": "training split" if m else "none"})
+    record = {"kind": "held-out", "data": str(config.data) if config.data else "in-process", "samples": n,
+              "seed": int(config.seed), "calibration_samples": m, "calibration": "training split" if m else "none"}
+    return Inputs(x, labels, calib, record, class_names=list(data.labels))

@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("torch", "executorch", "coremltools", "onnxscript", "httpx", "urllib3", "filelock", "root"):
         logging.getLogger(noisy).setLevel(logging.ERROR if not args.debug else logging.DEBUG)
+    # getLogger("root") *is* the root logger, whose level every unset logger inherits:
+    # give pocketsize's own packages the chosen level explicitly so their warnings show
+    for ours in ("pocketsize", "compress", "export", "benchmarks"):
+        logging.getLogger(ours).setLevel(level)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         return int(args.func(args) or 0)

@@ -98,6 +98,13 @@ class Adapter:
         add to the residual stream (after any layer scale)."""
         raise NotImplementedError
 
+    def head_weight_view(self, block: nn.Module, lin: nn.Linear, w: torch.Tensor) -> torch.Tensor:
+        """``w`` (a ``head_in`` weight or its gradient) viewed so that dim 1
+        indexes heads: (groups, heads, rows per head, in). LLM adapters
+        override it where K/V have fewer rows per unit than Q (GQA)."""
+        s = self.block_shape(block)
+        return w.reshape(-1, s.heads, s.head_dim, w.shape[1])
+
     def unit_costs(self, block: nn.Module) -> tuple[float, float]:
         """Parameters removed with one head and with one MLP channel."""
         s = self.block_shape(block)
@@ -105,6 +112,14 @@ class Adapter:
         head = (n(self.head_in(block)) + self.head_out(block).weight.numel()) / max(s.heads, 1)
         chan = (n(self.mlp_in(block)) + self.mlp_out(block).weight.numel()) / max(s.mlp_hidden, 1)
         return head, chan
+
+    def embedding_params(self, model: nn.Module) -> list[nn.Parameter]:
+        """Input embedding parameters (kept frozen during recovery)."""
+        return []
+
+    def layer_scales(self, block: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Per-channel scales applied to the attention / MLP branch outputs (None: none)."""
+        return None, None
 
     # --- structural edits -------------------------------------------------
     def prune_heads(self, block: nn.Module, keep: Sequence[int]) -> None:
@@ -131,6 +146,12 @@ class Adapter:
     def build(self, record: dict[str, Any]) -> nn.Module:
         """Stock-class model with the recorded per-layer shapes (random init)."""
         raise NotImplementedError
+
+    def save_extras(self, loaded: Any, dest: Any) -> None:
+        """Files saved next to model.safetensors (e.g. an LLM's tokenizer)."""
+
+    def load_extras(self, loaded: Any, path: Any) -> None:
+        """Read back what ``save_extras`` wrote (e.g. set ``loaded.tokenizer``)."""
 
     def layer_shapes(self, model: nn.Module) -> list[dict[str, Any]]:
         return [self.block_shape(b).to_dict() for b in self.blocks(model)]

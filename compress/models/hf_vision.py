@@ -74,6 +74,14 @@ class HFVisionAdapter(ImageClassifierAdapter):
             return block.layer_scale1, block.layer_scale2
         return block.attention.o_proj, self.mlp_out(block)  # ViT/DeiT: no layer scale, dropout is identity in eval
 
+    def embedding_params(self, model):
+        return list(self.backbone(model).embeddings.parameters())
+
+    def layer_scales(self, block):
+        if hasattr(block, "layer_scale1"):
+            return block.layer_scale1.lambda1, block.layer_scale2.lambda1
+        return None, None
+
     def prune_heads(self, block, keep: Sequence[int]) -> None:
         a = block.attention
         hi = head_index(sorted(keep), a.head_dim)
@@ -118,6 +126,10 @@ class HFVisionAdapter(ImageClassifierAdapter):
         cfg.label2id = {l: i for i, l in enumerate(labels)}
         if name in _WITH_HEAD:
             wrapped = _cls(_WITH_HEAD[name])(cfg)
+            if getattr(model, "pooler", None) is not None:
+                # the *ForImageClassification classes build their backbone without the
+                # (unused) pooler; keeping it would break reloading from the stock class
+                model.pooler = None
             setattr(wrapped, _CLASSES[_WITH_HEAD[name]], model)
             model = wrapped
         in_f = model.classifier.in_features if isinstance(model.classifier, nn.Linear) else cfg.hidden_size * (
@@ -147,9 +159,15 @@ class HFVisionAdapter(ImageClassifierAdapter):
         if name not in _CLASSES:
             raise ValueError(f"unsupported class {name}")
         cfg_dict = dict(record["config"])
+        shapes = record.get("layers") or []
+        if shapes:
+            cfg_dict["num_hidden_layers"] = len(shapes)
+        # Dinov2's backbone bookkeeping (stage_names, out_features) is derived from the
+        # original depth and fails validation once blocks are removed; these classes ignore it
+        for k in ("stage_names", "out_features", "out_indices", "_out_features", "_out_indices"):
+            cfg_dict.pop(k, None)
         cfg_cls = getattr(transformers, name.replace("ForImageClassification", "").replace("Model", "") + "Config")
         cfg = cfg_cls.from_dict(cfg_dict)
-        shapes = record.get("layers") or []
         if shapes:
             cfg.num_hidden_layers = len(shapes)
         model = _cls(name)(cfg)

@@ -46,6 +46,18 @@ class TimmViTAdapter(ImageClassifierAdapter):
         # ls1/ls2 are LayerScale or Identity: their output is what enters the residual
         return block.ls1, block.ls2
 
+    def embedding_params(self, model):
+        ps = list(model.patch_embed.parameters())
+        for name in ("cls_token", "reg_token", "pos_embed"):
+            p = getattr(model, name, None)
+            if isinstance(p, nn.Parameter):
+                ps.append(p)
+        return ps
+
+    def layer_scales(self, block):
+        g = lambda m: getattr(m, "gamma", None)  # noqa: E731  (timm LayerScale)
+        return g(block.ls1), g(block.ls2)
+
     def prune_heads(self, block, keep: Sequence[int]) -> None:
         attn = block.attn
         if not isinstance(attn.norm, nn.Identity) or getattr(attn, "gate", None) is not None:

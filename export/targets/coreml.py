@@ -31,10 +31,11 @@ def _can_predict() -> bool:
 
 
 def export(job: Job, path: Path) -> dict[str, Any]:
-    # coremltools logs every graph pass at INFO; keep the user's stderr readable
+    # coremltools logs every graph pass at INFO and warns about untested torch
+    # versions and its missing macOS runtime at import; keep stderr readable
     quiet = logging.getLogger("coremltools")
     old = quiet.level
-    quiet.setLevel(logging.WARNING)
+    quiet.setLevel(logging.ERROR)  # incl. import-time version warnings on Linux
     try:
         return _export(job, path)
     finally:
@@ -55,7 +56,9 @@ def _export(job: Job, path: Path) -> dict[str, Any]:
         ml = ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=target, compute_precision=precision,
                         inputs=[ct.TensorType(name=job.input_name, shape=tuple(job.example.shape))],
                         outputs=[ct.TensorType(name=job.output_name)], skip_model_load=not _can_predict())
-        info: dict[str, Any] = {"deployment_target": job.config.coreml_target,
+        info: dict[str, Any] = {"delegation": {"applies": False, "reason": "Core ML picks CPU/GPU/Neural Engine "
+                                                                         "per op on the device"},
+                                "deployment_target": job.config.coreml_target,
                                 "compute_precision": job.config.coreml_precision}
         if job.quantize == "int8":
             from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights

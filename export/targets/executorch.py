@@ -128,7 +128,7 @@ def export(job: Job, path: Path) -> dict[str, Any]:
         why_logger.removeHandler(why)
         why_logger.setLevel(old_level)
         why_logger.propagate = old_prop
-    report["rewrites"] = ["layer_norm", "scaled_dot_product_attention"] if rewrites else []
+    report["rewrites"] = ["layer_norm", "scaled_dot_product_attention", "mean"] if rewrites else []
     info: dict[str, Any] = {"delegation": report, "backend": "XnnpackBackend"}
     if job.quantize == "int8":
         info["quantization"] = {"tool": "pt2e XNNPACKQuantizer", "ops": ["linear", "conv2d"],

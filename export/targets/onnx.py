@@ -67,7 +67,8 @@ def _quantize(job: Job, src: Path, dest: Path, tmp: Path) -> dict[str, Any]:
 def export(job: Job, path: Path) -> dict[str, Any]:
     import onnx
 
-    info: dict[str, Any] = {}
+    info: dict[str, Any] = {"delegation": {"applies": False, "reason": "ONNX Runtime assigns nodes to execution "
+                                                                  "providers when the session loads"}}
     try:
         if job.quantize == "none":
             _export_fp32(job, path)

@@ -133,6 +133,9 @@ def prune(model: Loaded | str, data: ImageData | str, config: PruneConfig | None
         step = planner(ctx, r * params_before)
         candidate = copy.deepcopy(loaded)
         apply_plan(candidate, step.plan)
+        if cfg.refit_head and candidate.task == "image-classification":
+            # the pruned features moved: a linear probe on them is a cheap first buffer
+            train.fit_head(candidate, data.train, data.val, data.labels, epochs=cfg.probe_epochs, seed=cfg.seed + k)
         val_pruned = train.accuracy(candidate, data.val)
         drop = current_val - val_pruned
         is_final = k == len(ratios) - 1
@@ -151,9 +154,10 @@ def prune(model: Loaded | str, data: ImageData | str, config: PruneConfig | None
                      r, drop, cfg.tolerance, ratios[k])
             continue
         loaded = candidate
-        # scores are indexed by the blocks the planner saw: key them by original block
-        last_scores = {lineage.blocks[i]: sc for i, sc in enumerate(step.layer_scores)}
-        last_kinds = {lineage.blocks[i]: kd for i, kd in enumerate(step.kinds)}
+        # scores are indexed by the blocks the planner saw: key them by original block;
+        # a block removed in an earlier step keeps the score and kind it was removed with
+        last_scores = {**(last_scores or {}), **{lineage.blocks[i]: sc for i, sc in enumerate(step.layer_scores)}}
+        last_kinds = {**(last_kinds or {}), **{lineage.blocks[i]: kd for i, kd in enumerate(step.kinds)}}
         lineage = lineage.advance(step.plan)
         train.recover(loaded, teacher, data.train, recov[k], cfg.lr, cfg.head_lr, cfg.batch_size,
                       cfg.seed + 100 + k, progress=progress, stage=f"recovery {k + 1}/{len(ratios)}")

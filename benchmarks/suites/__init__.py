@@ -1,0 +1,1 @@
+"""Evaluation suites: scripts that regenerate the tables in docs/results.md."""

@@ -1,0 +1,230 @@
+"""The compress verb for causal language models.
+
+The same flow as ``compress.pruning.prune`` (methods registry, allocation,
+step buffering with an undo guard, recovery, ratio check) with the user's
+text instead of labelled images: calibration samples random token chunks,
+the metric is held-out perplexity, recovery is LM loss plus KL distillation
+from the unpruned model, and the guard judges the rise in validation NLL.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from pocketsize.errors import BadInput, TargetNotMet
+
+from .allocate import Budget
+from .config import PruneConfig
+from .loading import Loaded
+from .methods import StepContext, get_method
+from .plan import Lineage, apply_plan, count_params
+from .pruning import RATIO_TOLERANCE, Progress, Pruned, _plan_json, _recovery_split, _schedule, count_macs
+from .text import SEQ_LEN, TextData, TextSplit, load_text_data, perplexity, token_nll
+
+log = logging.getLogger(__name__)
+
+# LLM defaults that differ from the ViT ones (override through PruneConfig.extra)
+LM_BATCH_SIZE = 8        # sequences per recovery step (SEQ_LEN tokens each)
+NLL_TOLERANCE = 0.5      # guard: undo a step that raises validation NLL by more (nats; x1.65 perplexity)
+
+
+def _extra(cfg: PruneConfig, key: str, default: Any) -> Any:
+    return cfg.extra.get(key, default)
+
+
+def recover_lm(student: Loaded, teacher: Loaded | None, train: TextSplit, steps: int, lr: float,
+               batch_size: int, seed: int, temperature: float = 2.0, alpha: float = 0.5,
+               progress: Progress | None = None, stage: str = "recovery") -> list[float]:
+    """Short recovery on the user's text: next-token loss, plus (with a teacher)
+    KL distillation from the unpruned model over the whole vocabulary."""
+    if steps <= 0 or len(train) == 0:
+        return []
+    g = torch.Generator().manual_seed(seed)
+    params = [p for p in student.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    losses: list[float] = []
+    student.model.train()
+    if teacher is not None:
+        teacher.model.eval()
+    done = 0
+    while done < steps:
+        for ids in train.batches(batch_size, shuffle=True, generator=g):
+            for grp in opt.param_groups:  # cosine decay, as in the ViT recovery
+                grp["lr"] = lr * 0.5 * (1 + math.cos(math.pi * done / steps))
+            logits = student.adapter.logits(student.model, ids)
+            loss = token_nll(logits, ids).mean()
+            if teacher is not None:
+                with torch.no_grad():
+                    t = teacher.adapter.logits(teacher.model, ids)[:, :-1].float()
+                s = logits[:, :-1].float()
+                kd = F.kl_div(F.log_softmax(s / temperature, -1).flatten(0, 1),
+                              F.log_softmax(t / temperature, -1).flatten(0, 1),
+                              reduction="batchmean", log_target=True) * temperature ** 2
+                loss = (1 - alpha) * loss + alpha * kd
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            done += 1
+            if progress:
+                progress(stage, done, steps)
+            if done >= steps:
+                break
+    student.model.eval()
+    return losses
+
+
+def _min_params(loaded: Loaded, cfg: PruneConfig) -> float:
+    """Smallest model the width-only allocation can reach (min heads and one
+    channel group per layer, every block kept)."""
+    b = Budget.of(loaded)
+    counts = [(min(h, cfg.min_heads), min(c, cfg.channel_multiple)) for h, c in zip(b.heads, b.chans)]
+    return b.params(counts)
+
+
+def _check_reachable(loaded: Loaded, cfg: PruneConfig, params_before: int) -> None:
+    if cfg.method == "block-influence" and cfg.allow_block_removal:
+        return  # whole layers can go
+    floor = _min_params(loaded, cfg) / params_before
+    if cfg.ratio < floor - RATIO_TOLERANCE:
+        least = f"{cfg.min_heads} KV group(s)" if cfg.min_heads == 1 or not cfg.extra.get("uniform") else "every head"
+        raise BadInput(f"--ratio {cfg.ratio} would remove every attention head of some layers: keeping {least} and "
+                       f"{cfg.channel_multiple} MLP channels per layer still leaves {floor:.3f} of the parameters; "
+                       f"use --ratio {math.ceil(floor * 100) / 100:.2f} or more, or --method block-influence")
+
+
+def _run_config(loaded: Loaded, cfg: PruneConfig) -> PruneConfig:
+    """GPT-2 in uniform mode keeps every head: its config derives head_dim
+    from the head count, so fewer heads could not be described by it."""
+    ad = loaded.adapter
+    if cfg.extra.get("uniform") and ad.layout(loaded.model) == "gpt2":
+        heads = max(ad.block_shape(b).heads for b in ad.blocks(loaded.model))
+        return dataclasses.replace(cfg, min_heads=heads)
+    return cfg
+
+
+def prune_lm(loaded: Loaded, data: TextData | str, cfg: PruneConfig, progress: Progress | None = None,
+             generic: TextData | str | None = None) -> Pruned:
+    """Prune a causal LM for the user's text to ``cfg.ratio`` of its parameters."""
+    t0 = time.time()
+    if cfg.method == "taylor":
+        raise BadInput("--method taylor is not available for language models; use hei, activation, magnitude, "
+                       "random or block-influence")
+    if loaded.tokenizer is None and not isinstance(data, TextData):
+        raise BadInput(f"{loaded.meta.get('source', 'MODEL')} has no tokenizer; save it next to the model with "
+                       "tokenizer.save_pretrained(MODEL_DIR)")
+    seq_len = int(_extra(cfg, "seq_len", SEQ_LEN))
+    if not isinstance(data, TextData):
+        data = load_text_data(data, loaded.tokenizer, seed=cfg.seed, seq_len=seq_len)
+    if isinstance(generic, str):
+        generic = load_text_data(generic, loaded.tokenizer, seed=cfg.seed, seq_len=data.seq_len)
+    run_cfg = _run_config(loaded, cfg)
+    ad = loaded.adapter
+    original = loaded  # the caller's model: left stock and unpruned (steps work on copies)
+    ad.to_linear(loaded.model)
+    teacher = None
+    try:
+        loaded.refresh_meta()
+        params_before = count_params(loaded.model)
+        _check_reachable(loaded, run_cfg, params_before)
+        fit = {"finetune_steps": 0}
+        if cfg.finetune_steps:
+            recover_lm(loaded, None, data.train, cfg.finetune_steps, cfg.lr,
+                       int(_extra(cfg, "lm_batch_size", LM_BATCH_SIZE)), cfg.seed, progress=progress, stage="fine-tune")
+            fit = {"finetune_steps": cfg.finetune_steps}
+        x1 = data.test.ids[:1]
+        macs_before = count_macs(loaded, x1)
+        before = perplexity(loaded, data.test)
+        val_before = perplexity(loaded, data.val)
+        teacher = copy.deepcopy(loaded) if cfg.distill else None
+        log.info("unpruned model: %d params, held-out perplexity %.3f", params_before, before)
+        loaded, lineage, steps_log, scores, kinds, val_after = _buffered(
+            loaded, teacher, data, generic, run_cfg, params_before, val_before, progress)
+        params_after = count_params(loaded.model)
+        kept = params_after / params_before
+        if abs(kept - cfg.ratio) > RATIO_TOLERANCE:
+            raise TargetNotMet(f"could only reach a kept ratio of {kept:.3f} for --ratio {cfg.ratio}; "
+                               "pick a ratio the architecture can reach or --method block-influence")
+    finally:
+        for m in {id(x.model): x.model for x in (original, loaded, teacher) if x is not None}.values():
+            ad.to_stock(m)
+    after = perplexity(loaded, data.test)
+    loaded.refresh_meta()
+    loaded.meta["compress"] = {"method": cfg.method, "ratio": cfg.ratio, "seed": cfg.seed,
+                               "uniform": bool(cfg.extra.get("uniform", False))}
+    loaded.meta["text"] = data.summary()
+    plan = _plan_json(cfg, lineage, scores, kinds)
+    for u in plan["units"]:
+        if u["unit"] == "heads" and ad.layout(loaded.model) == "llama":
+            u["unit"] = "kv_groups"  # a head unit of a GQA model is one KV group with its query heads
+    report = {
+        "params_before": params_before, "params_after": params_after, "params_ratio": kept,
+        "macs_before": macs_before, "macs_after": count_macs(loaded, x1), "macs_tokens": int(x1.shape[1]),
+        "metric": "perplexity", "before": before, "after": after,
+        "val_before": val_before, "val_after": val_after,
+        "steps": steps_log, "personalization": fit, "data": data.summary(),
+        "uniform": ad.is_uniform(loaded.model), "config": cfg.to_dict(), "seconds": round(time.time() - t0, 2),
+    }
+    return Pruned(loaded, plan, report, teacher, data)
+
+
+def _buffered(loaded: Loaded, teacher: Loaded | None, data: TextData, generic: TextData | None, cfg: PruneConfig,
+              params_before: int, val_before: float, progress: Progress | None):
+    """Prune in ``_schedule`` steps; undo and halve a step whose pruning-time
+    NLL rise exceeds the tolerance (once per step); recover after each."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    planner = get_method(cfg.method)
+    lineage = Lineage.start(loaded)
+    ratios = _schedule(cfg)
+    recov = _recovery_split(cfg, len(ratios))
+    tol = float(_extra(cfg, "nll_tolerance", NLL_TOLERANCE))
+    batch = int(_extra(cfg, "lm_batch_size", LM_BATCH_SIZE))
+    steps_log: list[dict[str, Any]] = []
+    scores = kinds = None
+    current = val_before
+    split_done: set[int] = set()
+    k = 0
+    while k < len(ratios):
+        r = ratios[k]
+        # random sampling: a fresh random subsample of the user's chunks per step
+        idx = torch.randperm(len(data.train), generator=g)[: cfg.calib_samples]
+        gx = None
+        if generic is not None:
+            gx = generic.train.ids[torch.randperm(len(generic.train), generator=g)[: cfg.calib_samples]]
+        step = planner(StepContext(loaded, data.train.ids[idx], None, gx, cfg, seed=cfg.seed + k), r * params_before)
+        candidate = copy.deepcopy(loaded)
+        apply_plan(candidate, step.plan)
+        val_pruned = perplexity(candidate, data.val)
+        rise = math.log(val_pruned) - math.log(current)
+        prev = ratios[k - 1] if k else 1.0
+        if cfg.buffer and k < len(ratios) - 1 and rise > tol and k not in split_done:
+            steps_log.append({"ratio": r, "metric": val_pruned, "accepted": False, "nll_rise": rise})
+            split_done.update({k, k + 1})
+            ratios.insert(k, (prev + r) / 2)
+            half = recov[k] // 2
+            recov[k] -= half
+            recov.insert(k, half)
+            log.info("step to %.3f raised validation NLL by %.3f > %.3f: undone, trying %.3f first",
+                     r, rise, tol, ratios[k])
+            continue
+        loaded = candidate
+        scores = {lineage.blocks[i]: sc for i, sc in enumerate(step.layer_scores)}
+        kinds = {lineage.blocks[i]: kd for i, kd in enumerate(step.kinds)}
+        lineage = lineage.advance(step.plan)
+        recover_lm(loaded, teacher, data.train, recov[k], cfg.lr, batch, cfg.seed + 100 + k,
+                   progress=progress, stage=f"recovery {k + 1}/{len(ratios)}")
+        current = perplexity(loaded, data.val)
+        log.info("step %d: kept %.3f of the parameters, validation perplexity %.3f at pruning, %.3f after %d "
+                 "recovery steps", k + 1, count_params(loaded.model) / params_before, val_pruned, current, recov[k])
+        steps_log.append({"ratio": count_params(loaded.model) / params_before, "target": r, "metric": current,
+                          "metric_at_prune": val_pruned, "accepted": True, "recovery_steps": recov[k]})
+        k += 1
+    return loaded, lineage, steps_log, scores, kinds, current

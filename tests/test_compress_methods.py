@@ -1,0 +1,168 @@
+"""Every pruning method through compress.prune on a tiny timm ViT: the kept
+fraction of parameters equals the ratio within 0.01 (CONTRACT), plan.json has
+the CONTRACT keys with both unit kinds scored, the report adds up, and the same
+seed gives the same plan."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from compress.config import PruneConfig
+from compress.data import load_image_data
+from compress.loading import Loaded
+from compress.methods import METHODS, get_method
+from compress.models import adapter_for
+from compress.plan import count_params
+from compress import prune
+from pocketsize.errors import BadInput
+
+pytestmark = [pytest.mark.usefixtures("torch_one_thread"), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+FAST = PruneConfig(ratio=0.5, recovery_steps=2, calib_samples=8, probe_epochs=2, steps=2)
+
+
+def _loaded(tiny_vit, kind: str = "timm") -> Loaded:
+    m = tiny_vit(kind)
+    ad = adapter_for(m)
+    return Loaded(m, ad, {"source": "tiny", "preprocessing": ad.preprocessing(m)})
+
+
+@pytest.fixture(scope="module")
+def data(image_folder, tiny_vit):
+    """The image folder read once at the tiny timm model's preprocessing."""
+    loaded = _loaded(tiny_vit)
+    return load_image_data(image_folder, loaded.meta["preprocessing"], seed=0)
+
+
+def _run(tiny_vit, data, kind="timm", **kw):
+    return prune(_loaded(tiny_vit, kind), data, dataclasses.replace(FAST, **kw))
+
+
+def _check_plan(plan: dict, model_loaded: Loaded, cfg: PruneConfig) -> None:
+    assert plan["method"] == cfg.method and plan["seed"] == cfg.seed and plan["ratio"] == cfg.ratio
+    units = plan["units"]
+    assert [u["name"] for u in units] == [f"blocks.{b}.{p}" for b in range(3) for p in ("attn", "mlp")]
+    for u in units:
+        assert set(u) >= {"name", "kind", "score", "kept", "total"}
+        assert u["kind"] in ("personalized", "common")
+        assert 0 <= u["kept"] <= u["total"]
+    kinds = {u["kind"] for u in units}
+    assert kinds == {"personalized", "common"}, f"{cfg.method}: plan has only {kinds}"
+    for kind in kinds:
+        scored = [u["score"] for u in units if u["kind"] == kind]
+        assert all(isinstance(s, float) and math.isfinite(s) for s in scored), (cfg.method, scored)
+    # the plan describes the model that was produced
+    ad = model_loaded.adapter
+    shapes = [ad.block_shape(b) for b in ad.blocks(model_loaded.model)]
+    alive = [u for u in units if u["kept"] > 0]
+    assert sorted(u["kept"] for u in alive if u["name"].endswith("attn")) == sorted(s.heads for s in shapes)
+    assert sorted(u["kept"] for u in alive if u["name"].endswith("mlp")) == sorted(s.mlp_hidden for s in shapes)
+    json.dumps(plan)  # JSON-serializable as is
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.35])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_hits_the_ratio(method, ratio, tiny_vit, data):
+    pruned = _run(tiny_vit, data, method=method, ratio=ratio)
+    rep = pruned.report
+    assert abs(rep["params_ratio"] - ratio) <= 0.01, rep["params_ratio"]
+    assert rep["params_after"] == count_params(pruned.loaded.model)
+    assert rep["params_ratio"] == pytest.approx(rep["params_after"] / rep["params_before"])
+    assert rep["macs_after"] < rep["macs_before"]
+    assert rep["metric"] == "accuracy" and 0.0 <= rep["before"] <= 1.0 and 0.0 <= rep["after"] <= 1.0
+    assert rep["steps"] and all({"ratio", "metric", "accepted"} <= set(s) for s in rep["steps"])
+    assert any(s["accepted"] for s in rep["steps"])
+    _check_plan(pruned.plan, pruned.loaded, dataclasses.replace(FAST, method=method, ratio=ratio))
+    logits = pruned.loaded.adapter.logits(pruned.loaded.model, data.test.normalized(0, 2))
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("kind", ["hf-vit", "hf-dinov2"])
+@pytest.mark.parametrize("method", ["hei", "block-influence"])
+def test_hf_models_hit_the_ratio(kind, method, tiny_vit, image_folder):
+    pruned = prune(_loaded(tiny_vit, kind), str(image_folder), dataclasses.replace(FAST, method=method, ratio=0.35))
+    assert abs(pruned.report["params_ratio"] - 0.35) <= 0.01
+    _check_plan(pruned.plan, pruned.loaded, dataclasses.replace(FAST, method=method, ratio=0.35))
+
+
+def test_one_shot_hits_the_ratio_with_the_same_recovery_budget(tiny_vit, data):
+    pruned = _run(tiny_vit, data, buffer=False, recovery_steps=4)
+    rep = pruned.report
+    assert abs(rep["params_ratio"] - 0.5) <= 0.01
+    accepted = [s for s in rep["steps"] if s["accepted"]]
+    assert len(accepted) == 1 and accepted[0]["recovery_steps"] == 4
+    buffered = _run(tiny_vit, data, buffer=True, recovery_steps=4, steps=2)
+    assert sum(s.get("recovery_steps", 0) for s in buffered.report["steps"] if s["accepted"]) == 4
+
+
+def test_ratio_one_keeps_everything(tiny_vit, data):
+    pruned = _run(tiny_vit, data, ratio=1.0)
+    assert pruned.report["params_after"] == pruned.report["params_before"]
+    assert all(u["kept"] == u["total"] for u in pruned.plan["units"])
+
+
+def test_block_influence_removes_blocks_at_low_ratio(tiny_vit, data):
+    pruned = _run(tiny_vit, data, method="block-influence", ratio=0.35, steps=1)
+    assert len(pruned.loaded.adapter.blocks(pruned.loaded.model)) < 3
+    dead = [u for u in pruned.plan["units"] if u["kept"] == 0]
+    assert dead and len(dead) % 2 == 0  # a removed block drops its attn and its mlp unit
+    assert abs(pruned.report["params_ratio"] - 0.35) <= 0.01
+
+
+@pytest.mark.parametrize("method", ["hei", "random"])
+def test_same_seed_same_plan(method, tiny_vit, data):
+    a = _run(tiny_vit, data, method=method, seed=3)
+    b = _run(tiny_vit, data, method=method, seed=3)
+    assert a.plan == b.plan
+    assert a.report["params_after"] == b.report["params_after"]
+    assert a.report["after"] == b.report["after"]
+    for pa, pb in zip(a.loaded.model.parameters(), b.loaded.model.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_different_seed_changes_random_plan(tiny_vit, data):
+    a = _run(tiny_vit, data, method="random", seed=0, steps=1)
+    b = _run(tiny_vit, data, method="random", seed=1, steps=1)
+    assert a.plan["keep"] != b.plan["keep"]
+
+
+def test_same_seed_same_plan_json_files(tiny_vit, image_folder, tmp_path):
+    """Through the files the CLI writes: plan.json compares equal as dicts."""
+    from compress.cli import write_outputs
+
+    for name in ("a", "b"):
+        write_outputs(prune(_loaded(tiny_vit), str(image_folder), dataclasses.replace(FAST, seed=5)), tmp_path / name)
+    pa, pb = (json.loads((tmp_path / n / "plan.json").read_text()) for n in ("a", "b"))
+    assert pa == pb and pa["seed"] == 5
+
+
+# --- config ------------------------------------------------------------------
+
+@pytest.mark.parametrize("ratio", [0.0, -0.1, 1.5])
+def test_config_rejects_ratio_outside_unit_interval(ratio):
+    with pytest.raises(BadInput, match="ratio"):
+        PruneConfig(ratio=ratio)
+
+
+def test_config_rejects_unknown_method_listing_valid():
+    with pytest.raises(BadInput) as e:
+        PruneConfig(method="nope")
+    assert all(m in str(e.value) for m in METHODS)
+    with pytest.raises(BadInput):
+        get_method("nope")
+
+
+def test_config_roundtrips_through_json():
+    cfg = PruneConfig(ratio=0.35, method="magnitude", seed=7, buffer=False, extra={"hei_beta": 0.5})
+    d = json.loads(json.dumps(cfg.to_dict()))
+    assert d["version"] == 1
+    assert PruneConfig.from_dict(d) == cfg
+    with pytest.raises(BadInput, match="unknown PruneConfig keys"):
+        PruneConfig.from_dict({**d, "bogus": 1})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.ratio = 0.2  # type: ignore[misc]
