@@ -137,7 +137,7 @@ def prune_lm(loaded: Loaded, data: TextData | str, cfg: PruneConfig, progress: P
         _check_reachable(loaded, run_cfg, params_before)
         fit = {"finetune_steps": 0}
         if cfg.finetune_steps:
-            recover_lm(loaded, None, data.train, cfg.finetune_steps, cfg.lr,
+            recover_lm(loaded, None, data.train, cfg.finetune_steps, _lm_lr(cfg),
                        int(_extra(cfg, "lm_batch_size", LM_BATCH_SIZE)), cfg.seed, progress=progress, stage="fine-tune")
             fit = {"finetune_steps": cfg.finetune_steps}
         x1 = data.test.ids[:1]
@@ -219,7 +219,7 @@ def _buffered(loaded: Loaded, teacher: Loaded | None, data: TextData, generic: T
         scores = {lineage.blocks[i]: sc for i, sc in enumerate(step.layer_scores)}
         kinds = {lineage.blocks[i]: kd for i, kd in enumerate(step.kinds)}
         lineage = lineage.advance(step.plan)
-        recover_lm(loaded, teacher, data.train, recov[k], cfg.lr, batch, cfg.seed + 100 + k,
+        recover_lm(loaded, teacher, data.train, recov[k], _lm_lr(cfg), batch, cfg.seed + 100 + k,
                    progress=progress, stage=f"recovery {k + 1}/{len(ratios)}")
         current = perplexity(loaded, data.val)
         log.info("step %d: kept %.3f of the parameters, validation perplexity %.3f at pruning, %.3f after %d "
@@ -228,3 +228,10 @@ def _buffered(loaded: Loaded, teacher: Loaded | None, data: TextData, generic: T
                           "metric_at_prune": val_pruned, "accepted": True, "recovery_steps": recov[k]})
         k += 1
     return loaded, lineage, steps_log, scores, kinds, current
+
+
+def _lm_lr(cfg: PruneConfig) -> float:
+    """LM recovery rate. PruneConfig.lr (1e-6) was tuned on DINOv2, whose
+    fitted probe head made larger Adam steps unstable; the LM runs here were
+    measured at 2e-5, so LMs keep that unless extra["lm_lr"] says otherwise."""
+    return float(cfg.extra.get("lm_lr", 2e-5))
