@@ -31,6 +31,9 @@ def add_prune_args(p: argparse.ArgumentParser, methods) -> None:
                    help="one-shot pruning instead of step buffering (same total recovery budget)")
     p.add_argument("--steps", type=int, default=None, help="pruning steps when buffering (default 3)")
     p.add_argument("--recovery-steps", type=int, default=None, help="total recovery optimizer steps (default 60)")
+    p.add_argument("--lr", type=float, default=None, help="backbone learning rate during recovery (default 1e-6)")
+    p.add_argument("--no-refit-head", action="store_true",
+                   help="do not re-fit the linear head on the pruned features after each step")
     p.add_argument("--image-size", type=int, default=None, help="input resolution (default: the model's)")
     p.add_argument("--generic", default=None,
                    help="optional generic reference data for the personal/common contrast")
@@ -46,6 +49,10 @@ def config_from_args(args: argparse.Namespace):
         kw["steps"] = args.steps
     if args.recovery_steps is not None:
         kw["recovery_steps"] = args.recovery_steps
+    if getattr(args, "lr", None) is not None:
+        kw["lr"] = args.lr
+    if getattr(args, "no_refit_head", False):
+        kw["refit_head"] = False
     extra = {}
     if args.image_size:
         extra["image_size"] = args.image_size
