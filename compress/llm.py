@@ -17,7 +17,6 @@ import time
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from pocketsize.errors import BadInput, TargetNotMet
 
@@ -28,6 +27,7 @@ from .methods import StepContext, get_method
 from .plan import Lineage, apply_plan, count_params
 from .pruning import RATIO_TOLERANCE, Progress, Pruned, _plan_json, _recovery_split, _schedule, count_macs
 from .text import SEQ_LEN, TextData, TextSplit, load_text_data, perplexity, token_nll
+from .train import distill_kl
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,7 @@ def recover_lm(student: Loaded, teacher: Loaded | None, train: TextSplit, steps:
             if teacher is not None:
                 with torch.no_grad():
                     t = teacher.adapter.logits(teacher.model, ids)[:, :-1].float()
-                s = logits[:, :-1].float()
-                kd = F.kl_div(F.log_softmax(s / temperature, -1).flatten(0, 1),
-                              F.log_softmax(t / temperature, -1).flatten(0, 1),
-                              reduction="batchmean", log_target=True) * temperature ** 2
-                loss = (1 - alpha) * loss + alpha * kd
+                loss = (1 - alpha) * loss + alpha * distill_kl(logits[:, :-1].float(), t, temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from pocketsize.errors import BadInput, TargetNotMet
+from pocketsize.errors import TargetNotMet
 
 from . import train
 from .config import PruneConfig

@@ -94,6 +94,14 @@ def _param_groups(loaded: Loaded, lr: float, head_lr: float):
     return groups
 
 
+def distill_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) on softened logits, x T^2 (Hinton); leading dims
+    are flattened so classifiers (B, C) and LMs (B, T, V) share it."""
+    s = student.reshape(-1, student.shape[-1]) / temperature
+    t = teacher.reshape(-1, teacher.shape[-1]) / temperature
+    return F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), reduction="batchmean", log_target=True) * temperature ** 2
+
+
 def _optimizer(loaded: Loaded, lr: float, head_lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(_param_groups(loaded, lr, head_lr), weight_decay=0.01)
 
@@ -128,9 +136,7 @@ def recover(student: Loaded, teacher: Loaded | None, train: Split, steps: int, l
             if teacher is not None:
                 with torch.no_grad():
                     t = teacher.adapter.logits(teacher.model, xb)
-                kd = F.kl_div(F.log_softmax(logits / temperature, -1), F.log_softmax(t / temperature, -1),
-                              reduction="batchmean", log_target=True) * temperature ** 2
-                loss = (1 - alpha) * loss + alpha * kd
+                loss = (1 - alpha) * loss + alpha * distill_kl(logits, t, temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

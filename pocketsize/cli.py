@@ -14,7 +14,7 @@ import sys
 import traceback
 
 from . import __version__
-from .errors import BadInput, PocketsizeError
+from .errors import PocketsizeError
 
 
 class _Parser(argparse.ArgumentParser):
