@@ -113,7 +113,8 @@ def prune(model: Loaded | str, data: ImageData | str, config: PruneConfig | None
     g = torch.Generator().manual_seed(cfg.seed)
     planner = get_method(cfg.method)
     lineage = Lineage.start(loaded)
-    ratios, recov = _schedule(cfg), _recovery_split(cfg, len(_schedule(cfg)))
+    ratios = _schedule(cfg)
+    recov = _recovery_split(cfg, len(ratios))
     steps_log: list[dict[str, Any]] = []
     last_scores: dict | None = None
     last_kinds: dict | None = None

@@ -36,19 +36,24 @@ class BlockShape:
         return d
 
 
+def select_weight(mod: nn.Module, dim: int, idx: torch.Tensor, bias: bool) -> None:
+    """Keep entries ``idx`` of ``mod.weight`` along ``dim`` in place, and of the
+    bias too when ``bias`` (the bias follows the output features)."""
+    idx = idx.to(mod.weight.device)
+    mod.weight = nn.Parameter(mod.weight.data.index_select(dim, idx).clone())
+    if bias and mod.bias is not None:
+        mod.bias = nn.Parameter(mod.bias.data.index_select(0, idx).clone())
+
+
 def keep_rows(linear: nn.Linear, idx: torch.Tensor) -> None:
     """Keep output features ``idx`` of ``linear`` in place (weight rows, bias)."""
-    idx = idx.to(linear.weight.device)
-    linear.weight = nn.Parameter(linear.weight.data.index_select(0, idx).clone())
-    if linear.bias is not None:
-        linear.bias = nn.Parameter(linear.bias.data.index_select(0, idx).clone())
+    select_weight(linear, 0, idx, bias=True)
     linear.out_features = int(idx.numel())
 
 
 def keep_cols(linear: nn.Linear, idx: torch.Tensor) -> None:
     """Keep input features ``idx`` of ``linear`` in place (weight columns)."""
-    idx = idx.to(linear.weight.device)
-    linear.weight = nn.Parameter(linear.weight.data.index_select(1, idx).clone())
+    select_weight(linear, 1, idx, bias=False)
     linear.in_features = int(idx.numel())
 
 

@@ -33,7 +33,7 @@ from torch import nn
 
 from pocketsize.errors import BadInput
 
-from .base import Adapter, BlockShape, head_index, keep_cols, keep_rows
+from .base import Adapter, BlockShape, head_index, keep_cols, keep_rows, select_weight
 
 # architectures -> layout ("llama": q/k/v/o + gate/up/down; "gpt2": c_attn/c_proj + c_fc/c_proj)
 _CLASSES = {
@@ -65,10 +65,7 @@ def keep_out(mod: nn.Module, idx: torch.Tensor) -> None:
     """Keep output features ``idx`` (nn.Linear rows, Conv1D columns) and bias."""
     if not _is_conv1d(mod):
         return keep_rows(mod, idx)
-    idx = idx.to(mod.weight.device)
-    mod.weight = nn.Parameter(mod.weight.data.index_select(1, idx).clone())
-    if mod.bias is not None:
-        mod.bias = nn.Parameter(mod.bias.data.index_select(0, idx).clone())
+    select_weight(mod, 1, idx, bias=True)  # Conv1D weight is (in, out)
     mod.nf = int(idx.numel())
 
 
@@ -76,8 +73,7 @@ def keep_in(mod: nn.Module, idx: torch.Tensor) -> None:
     """Keep input features ``idx`` (nn.Linear columns, Conv1D rows)."""
     if not _is_conv1d(mod):
         return keep_cols(mod, idx)
-    idx = idx.to(mod.weight.device)
-    mod.weight = nn.Parameter(mod.weight.data.index_select(0, idx).clone())
+    select_weight(mod, 0, idx, bias=False)
     if hasattr(mod, "nx"):
         mod.nx = int(idx.numel())
 
