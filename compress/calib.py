@@ -51,8 +51,11 @@ def _norm_tokens(h: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def collect(loaded: Loaded, x: torch.Tensor, measurements: int, tokens: int, seed: int,
             batch_size: int = 16) -> list[BlockStats]:
-    """Run ``x`` (already sampled, normalized) through the model with hooks."""
+    """Run ``x`` (already sampled, normalized) through the model with hooks.
+    The forward passes run where the model lives; the statistics come back on
+    the CPU (they are small: tokens x measurements, tokens x units)."""
     model, ad = loaded.model, loaded.adapter
+    dev = next(model.parameters()).device
     blocks = ad.blocks(model)
     g = torch.Generator().manual_seed(seed)
     acc: list[dict] = [dict(head=0.0, chan=0.0, x_in=[], attn=[], mlp=[], x_out=[], cos=[], hact=[], mact=[])
@@ -61,7 +64,8 @@ def collect(loaded: Loaded, x: torch.Tensor, measurements: int, tokens: int, see
     hooks = []
 
     def pick(h: torch.Tensor) -> torch.Tensor:  # (B, N, d) -> (B*T, d) at the sampled token positions
-        return h[torch.arange(h.shape[0])[:, None], state["tok"]].reshape(-1, h.shape[-1]).float()
+        rows = torch.arange(h.shape[0], device=h.device)[:, None]
+        return h[rows, state["tok"].to(h.device)].reshape(-1, h.shape[-1]).float()
 
     def first(o):
         return o[0] if isinstance(o, tuple) else o
@@ -88,12 +92,12 @@ def collect(loaded: Loaded, x: torch.Tensor, measurements: int, tokens: int, see
             # exact per-head contribution to the residual: W_o[:, h] a_h
             contrib = torch.einsum("thd,ehd->the", a, wo.reshape(wo.shape[0], H, D))
             acc[i]["head"] = acc[i]["head"] + contrib.norm(dim=-1).sum(0)
-            acc[i]["hact"].append(a)
+            acc[i]["hact"].append(a.cpu())
 
         def on_mlp_in(mod, args, i=i, w2n=w2n):
             a = pick(args[0])
             acc[i]["chan"] = acc[i]["chan"] + a.abs().sum(0) * w2n
-            acc[i]["mact"].append(a)
+            acc[i]["mact"].append(a.cpu())
 
         def on_branch(name):
             def f(mod, args, out, i=i):
@@ -115,12 +119,12 @@ def collect(loaded: Loaded, x: torch.Tensor, measurements: int, tokens: int, see
         model.eval()
         for s in range(0, x.shape[0], batch_size):
             state.pop("tok", None)
-            ad.logits(model, x[s:s + batch_size])
+            ad.logits(model, x[s:s + batch_size].to(dev))
             for a in acc:
-                a["x_in"].append(a.pop("_in"))
-                a["attn"].append(a.pop("_attn"))
-                a["mlp"].append(a.pop("_mlp"))
-                a["x_out"].append(a.pop("_out"))
+                a["x_in"].append(a.pop("_in").cpu())
+                a["attn"].append(a.pop("_attn").cpu())
+                a["mlp"].append(a.pop("_mlp").cpu())
+                a["x_out"].append(a.pop("_out").cpu())
             count += state["tok"].numel()
     finally:
         for h in hooks:
@@ -132,7 +136,7 @@ def collect(loaded: Loaded, x: torch.Tensor, measurements: int, tokens: int, see
         mid = x_in + attn
         meas = lambda h: _norm_tokens(h) @ phi.T  # noqa: E731
         out.append(BlockStats(
-            head_score=a["head"] / count, chan_score=a["chan"] / count,
+            head_score=(a["head"] / count).cpu(), chan_score=(a["chan"] / count).cpu(),
             x_in=meas(x_in), attn=attn @ phi.T, mid=meas(mid), mlp=mlp @ phi.T, x_out=meas(x_out),
             head_act=torch.cat(a["hact"]), mlp_act=torch.cat(a["mact"]),
             mid_raw=mid @ phi.T, out_raw=x_out @ phi.T, phi=phi,

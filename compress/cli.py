@@ -39,6 +39,9 @@ def add_prune_args(p: argparse.ArgumentParser, methods) -> None:
                    help="optional generic reference data for the personal/common contrast")
     p.add_argument("--uniform", action="store_true",
                    help="same widths in every layer (LLMs: the output then also loads with plain from_pretrained)")
+    p.add_argument("--torch-device", default="cpu", metavar="DEV",
+                   help="where scoring and recovery run: cpu, cuda, cuda:N, mps or auto (default cpu); "
+                        "the output is the same model on the CPU")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -53,6 +56,8 @@ def config_from_args(args: argparse.Namespace):
         kw["lr"] = args.lr
     if getattr(args, "no_refit_head", False):
         kw["refit_head"] = False
+    if getattr(args, "torch_device", None):
+        kw["device"] = args.torch_device
     extra = {}
     if args.image_size:
         extra["image_size"] = args.image_size

@@ -52,6 +52,8 @@ class PruneConfig:
     # fitting a head for the user's classes
     probe_epochs: int = 30
     finetune_steps: int = 0
+    # where the pruning math runs; the result always comes back on the CPU
+    device: str = "cpu"             # "cpu", "cuda", "cuda:N", "mps" or "auto"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -66,6 +68,8 @@ class PruneConfig:
             raise BadInput(f"recovery_steps={self.recovery_steps}: must be >= 0")
         if not (0.0 <= self.final_share <= 1.0):
             raise BadInput(f"final_share={self.final_share}: must be in [0, 1]")
+        if not (self.device in ("cpu", "cuda", "mps", "auto") or self.device.startswith("cuda:")):
+            raise BadInput(f"--device {self.device!r} is not a torch device; use cpu, cuda, cuda:N, mps or auto")
         if self.calib_samples < 2 or self.measurements < 2:
             raise BadInput("calib_samples and measurements must be at least 2")
 

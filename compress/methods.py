@@ -56,11 +56,12 @@ def _magnitude(ctx: StepContext):
         s = ad.block_shape(blk)
         h = torch.zeros(s.heads)
         for lin in ad.head_in(blk):  # rows grouped [.., H, D] (fused qkv: [3, H, D])
-            w = ad.head_weight_view(blk, lin, lin.weight.detach())
+            w = ad.head_weight_view(blk, lin, lin.weight.detach().cpu())
             h += w.pow(2).sum(dim=(0, 2, 3))
-        wo = ad.head_out(blk).weight.detach()
+        wo = ad.head_out(blk).weight.detach().cpu()
         h += wo.reshape(wo.shape[0], s.heads, s.head_dim).pow(2).sum(dim=(0, 2))
-        c = sum(l.weight.detach().pow(2).sum(1) for l in ad.mlp_in(blk)) + ad.mlp_out(blk).weight.detach().pow(2).sum(0)
+        c = (sum(l.weight.detach().cpu().pow(2).sum(1) for l in ad.mlp_in(blk))
+             + ad.mlp_out(blk).weight.detach().cpu().pow(2).sum(0))
         out.append((h.sqrt(), c.sqrt()))
     return out
 
@@ -87,12 +88,14 @@ def _taylor(ctx: StepContext):
         raise BadInput("--method taylor needs labelled data")
     model.zero_grad(set_to_none=True)
     model.eval()
-    for s in range(0, ctx.calib_x.shape[0], 16):
-        F.cross_entropy(ad.logits(model, ctx.calib_x[s:s + 16]), ctx.calib_y[s:s + 16]).backward()
+    dev = next(model.parameters()).device
+    x, y = ctx.calib_x.to(dev), ctx.calib_y.to(dev)
+    for s in range(0, x.shape[0], 16):
+        F.cross_entropy(ad.logits(model, x[s:s + 16]), y[s:s + 16]).backward()
     out = []
     for blk in ad.blocks(model):
         s = ad.block_shape(blk)
-        t = lambda p: (p.detach() * p.grad).abs() if p.grad is not None else torch.zeros_like(p)  # noqa: E731
+        t = lambda p: ((p.detach() * p.grad).abs() if p.grad is not None else torch.zeros_like(p)).cpu()  # noqa: E731
         h = torch.zeros(s.heads)
         for lin in ad.head_in(blk):
             h += ad.head_weight_view(blk, lin, t(lin.weight)).sum(dim=(0, 2, 3))
@@ -143,21 +146,63 @@ def hei_loss_scores(ctx: StepContext, stats, keep_frac: float) -> list[dict[str,
     for blk, st in zip(ad.blocks(ctx.loaded.model), stats):
         shape = ad.block_shape(blk)
         g_attn, g_mlp = ad.layer_scales(blk)
-        wo = ad.head_out(blk).weight.detach()
+        wo = ad.head_out(blk).weight.detach().cpu()  # the sampled statistics live on the CPU
         d = wo.shape[0]
-        n_drop_h = shape.heads - max(1, round(shape.heads * keep_frac))
-        drop_h = torch.argsort(st.head_score)[:n_drop_h]
+        drop_h, drop_c = _drop_sets(shape, st, keep_frac)
         e_attn = torch.einsum("thd,ehd->te", st.head_act[:, drop_h],
                               wo.reshape(d, shape.heads, shape.head_dim)[:, drop_h])
-        w2 = ad.mlp_out(blk).weight.detach()
-        n_drop_c = shape.mlp_hidden - max(1, round(shape.mlp_hidden * keep_frac))
-        drop_c = torch.argsort(st.chan_score)[:n_drop_c]
+        w2 = ad.mlp_out(blk).weight.detach().cpu()
         e_mlp = st.mlp_act[:, drop_c] @ w2[:, drop_c].T
         if g_attn is not None:
-            e_attn = e_attn * g_attn.detach()
-            e_mlp = e_mlp * g_mlp.detach()
+            e_attn = e_attn * g_attn.detach().cpu()
+            e_mlp = e_mlp * g_mlp.detach().cpu()
         out.append({"attn": gaussian_entropy(e_attn @ st.phi.T) - gaussian_entropy(st.mid_raw),
                     "mlp": gaussian_entropy(e_mlp @ st.phi.T) - gaussian_entropy(st.out_raw)})
+    return out
+
+
+def _drop_sets(shape, st, keep_frac: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The heads and channels a block alone would lose at ``keep_frac`` (lowest activation importance)."""
+    n_h = shape.heads - max(1, round(shape.heads * keep_frac))
+    n_c = shape.mlp_hidden - max(1, round(shape.mlp_hidden * keep_frac))
+    return torch.argsort(st.head_score)[:n_h], torch.argsort(st.chan_score)[:n_c]
+
+
+@torch.no_grad()
+def hei_pred_scores(ctx: StepContext, stats, keep_frac: float, x: torch.Tensor) -> list[dict[str, float]]:
+    """Predictive entropy increase, per half-block: prune the half-block alone to
+    ``keep_frac`` (masking the inputs of its output projection) and measure how
+    much the cross-entropy of the model's own class distribution on the sampled
+    user inputs grows, H(p, p_pruned) - H(p) = KL(p || p_pruned), in log scale.
+    One output space (the user's classes) for every unit: the homomorphic reading
+    at the level the user cares about."""
+    import torch.nn.functional as F
+
+    from .models.base import head_index
+
+    ad, model = ctx.loaded.adapter, ctx.loaded.model
+    dev = next(model.parameters()).device
+    x = x.to(dev)
+    model.eval()
+    ref = F.log_softmax(ad.logits(model, x).float(), -1)
+
+    def kl_with_mask(mod: torch.nn.Module, drop: torch.Tensor, width: int) -> float:
+        mask = torch.ones(width, device=dev)
+        mask[drop.to(dev)] = 0.0
+        hook = mod.register_forward_pre_hook(lambda m, a: (a[0] * mask, *a[1:]))
+        try:
+            lp = F.log_softmax(ad.logits(model, x).float(), -1)
+        finally:
+            hook.remove()
+        return math.log(F.kl_div(lp, ref, log_target=True, reduction="batchmean").item() + 1e-6)
+
+    out = []
+    for blk, st in zip(ad.blocks(model), stats):
+        shape = ad.block_shape(blk)
+        drop_h, drop_c = _drop_sets(shape, st, keep_frac)
+        out.append({"attn": kl_with_mask(ad.head_out(blk), head_index(drop_h.tolist(), shape.head_dim),
+                                         shape.heads * shape.head_dim),
+                    "mlp": kl_with_mask(ad.mlp_out(blk), drop_c, shape.mlp_hidden)})
     return out
 
 
@@ -216,10 +261,14 @@ def plan_hei(ctx: StepContext, target: float) -> StepPlan:
     variant = ctx.cfg.extra.get("hei_score", "loss")
     budget = Budget.of(ctx.loaded)
     frac = min(1.0, target / budget.total)
-    score_fn = (lambda st: hei_loss_scores(ctx, st, frac)) if variant == "loss" else hei_scores
-    scores = score_fn(stats)
+    score_fns = {"loss": lambda st, x: hei_loss_scores(ctx, st, frac), "cond": lambda st, x: hei_scores(st),
+                 "pred": lambda st, x: hei_pred_scores(ctx, st, frac, x)}
+    if variant not in score_fns:
+        raise BadInput(f"hei_score {variant!r} is not one of {', '.join(score_fns)}")
+    score_fn = score_fns[variant]
+    scores = score_fn(stats, ctx.calib_x)
     if ctx.generic_x is not None:  # contrast: what the unit adds for this user beyond generic data
-        gen = score_fn(ctx.stats("generic"))
+        gen = score_fn(ctx.stats("generic"), ctx.generic_x)
         scores = [{k: s[k] - g[k] for k in s} for s, g in zip(scores, gen)]
     beta = float(ctx.cfg.extra.get("hei_beta", 0.3))
     za, zm = _zscores([s["attn"] for s in scores]), _zscores([s["mlp"] for s in scores])

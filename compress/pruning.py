@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from pocketsize.errors import TargetNotMet
+from pocketsize.errors import BadInput, TargetNotMet
 
 from . import train
 from .config import PruneConfig
@@ -64,6 +64,18 @@ def _recovery_split(cfg: PruneConfig, n_steps: int) -> list[int]:
     return per + [final]
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` takes CUDA, then MPS, then the CPU; an explicit accelerator that
+    is not there is a bad input, not a silent fall-back."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInput(f"--device {name}: no CUDA device is visible here; use --device cpu (or auto)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise BadInput("--device mps: Metal is not available here; use --device cpu (or auto)")
+    return torch.device(name)
+
+
 def personalize(loaded: Loaded, data: ImageData, cfg: PruneConfig, progress: Progress | None = None) -> dict:
     """Give the model a head for the user's classes unless it already has one."""
     ad = loaded.adapter
@@ -99,11 +111,19 @@ def prune(model: Loaded | str, data: ImageData | str, config: PruneConfig | None
         data = load_image_data(data, pp, seed=cfg.seed, progress=progress is not None)
     if isinstance(generic, str):
         generic = load_image_data(generic, pp, seed=cfg.seed)
+    loaded.model.to(resolve_device(cfg.device))
+    try:
+        return _prune_images(loaded, data, cfg, progress, generic, t0)
+    finally:
+        loaded.model.to("cpu")  # results (and the caller's model) always come back on the CPU
 
+
+def _prune_images(loaded: Loaded, data: ImageData, cfg: PruneConfig, progress: Progress | None,
+                  generic: ImageData | None, t0: float) -> Pruned:
     fit = personalize(loaded, data, cfg, progress)
     loaded.refresh_meta()
     params_before = count_params(loaded.model)
-    x1 = data.test.normalized(0, 1)
+    x1 = data.test.normalized(0, 1).to(train.device_of(loaded))
     macs_before = count_macs(loaded, x1)
     before = train.accuracy(loaded, data.test)
     val_before = train.accuracy(loaded, data.val)
@@ -185,6 +205,9 @@ def prune(model: Loaded | str, data: ImageData | str, config: PruneConfig | None
         "steps": steps_log, "personalization": fit, "data": data.summary(),
         "config": cfg.to_dict(), "seconds": round(time.time() - t0, 2),
     }
+    if teacher is not None:
+        teacher.model.to("cpu")
+    loaded.model.to("cpu")
     return Pruned(loaded, plan, report, teacher, data)
 
 

@@ -17,10 +17,18 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
+def device_of(loaded: Loaded) -> torch.device:
+    """Where the model's weights live: data batches (kept on the CPU as uint8)
+    move there one batch at a time."""
+    return next(loaded.model.parameters()).device
+
+
 @torch.no_grad()
 def predict(loaded: Loaded, split: Split, batch_size: int = 64) -> torch.Tensor:
+    """Logits for every sample of ``split``, on the CPU."""
     loaded.model.eval()
-    outs = [loaded.adapter.logits(loaded.model, xb) for xb, _ in split.batches(batch_size)]
+    dev = device_of(loaded)
+    outs = [loaded.adapter.logits(loaded.model, xb.to(dev)).cpu() for xb, _ in split.batches(batch_size)]
     return torch.cat(outs)
 
 
@@ -33,7 +41,8 @@ def accuracy(loaded: Loaded, split: Split, batch_size: int = 64) -> float:
 @torch.no_grad()
 def _features(loaded: Loaded, split: Split, batch_size: int = 64) -> torch.Tensor:
     loaded.model.eval()
-    return torch.cat([loaded.adapter.features(loaded.model, xb) for xb, _ in split.batches(batch_size)])
+    dev = device_of(loaded)
+    return torch.cat([loaded.adapter.features(loaded.model, xb.to(dev)) for xb, _ in split.batches(batch_size)])
 
 
 def fit_head(loaded: Loaded, train: Split, val: Split, labels: list[str], epochs: int = 30,
@@ -43,10 +52,13 @@ def fit_head(loaded: Loaded, train: Split, val: Split, labels: list[str], epochs
     Full-batch AdamW on cached features with weight decay picked on the
     validation split, so it takes seconds, not an epoch of backbone passes."""
     ad = loaded.adapter
+    dev = device_of(loaded)
     new = ad.set_num_classes(loaded.model, labels)
     if new is not None:
         loaded.model = new
+    loaded.model.to(dev)  # the new head is built on the CPU
     ftr, fva = _features(loaded, train), _features(loaded, val)
+    ytr, yva = train.y.to(dev), val.y.to(dev)
     # one scalar scale, not per-feature: dividing by per-feature std puts huge
     # weights on near-constant features and the head then breaks at the first
     # recovery step (measured: loss 1e-4 -> 1.7 after one AdamW step)
@@ -58,14 +70,14 @@ def fit_head(loaded: Loaded, train: Split, val: Split, labels: list[str], epochs
     # recovery step then moved logits by 12 and broke the model: measured)
     for wd in (1e-2, 1e-3, 1e-4):
         torch.manual_seed(seed)
-        lin = torch.nn.Linear(ftr.shape[1], len(labels))
+        lin = torch.nn.Linear(ftr.shape[1], len(labels)).to(dev)
         opt = torch.optim.Adam(lin.parameters(), lr=1e-2)
         for _ in range(max(epochs, 1) * 10):
             opt.zero_grad()
-            (F.cross_entropy(lin((ftr - mu) / sd), train.y) + wd * lin.weight.pow(2).sum()).backward()
+            (F.cross_entropy(lin((ftr - mu) / sd), ytr) + wd * lin.weight.pow(2).sum()).backward()
             opt.step()
         with torch.no_grad():
-            acc = (lin((fva - mu) / sd).argmax(-1) == val.y).float().mean().item()
+            acc = (lin((fva - mu) / sd).argmax(-1) == yva).float().mean().item()
         if best is None or acc > best[0] + 1e-9:
             best = (acc, wd, lin)
     acc, wd, lin = best
@@ -120,9 +132,11 @@ def recover(student: Loaded, teacher: Loaded | None, train: Split, steps: int, l
     student.model.train()
     if teacher is not None:
         teacher.model.eval()
+    dev = device_of(student)
     done = 0
     while done < steps:
         for xb, yb in train.batches(batch_size, shuffle=True, generator=g):
+            xb, yb = xb.to(dev), yb.to(dev)
             # cosine decay keeps late steps from undoing what early ones fixed
             # Adam's first updates are full-size sign steps even for tiny
             # gradients; on an already-fitted model they cause a loss spike

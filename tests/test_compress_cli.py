@@ -157,12 +157,14 @@ def bad_inputs(tmp_path_factory, tiny_vit, image_folder_factory):
         "unknown-method": (ok_model, None, ["--method", "bogus"]),
         "hf-resnet": (resnet, None, []),
         "timm-resnet": (timm_resnet, None, []),
+        "unknown-device": (ok_model, None, ["--torch-device", "tpu9"]),
+        **({} if torch.cuda.is_available() else {"cuda-missing": (ok_model, None, ["--torch-device", "cuda"])}),
     }
 
 
 BAD = ["missing-model", "model-is-file", "unknown-timm", "unknown-zoo", "missing-data", "no-class-folders",
        "one-class", "too-few-images", "ratio-0", "ratio-1.5", "ratio-not-a-number", "unknown-method", "hf-resnet",
-       "timm-resnet"]
+       "timm-resnet", "unknown-device"] + ([] if torch.cuda.is_available() else ["cuda-missing"])
 
 
 @pytest.mark.parametrize("case", BAD)

@@ -166,3 +166,48 @@ def test_config_roundtrips_through_json():
         PruneConfig.from_dict({**d, "bogus": 1})
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.ratio = 0.2  # type: ignore[misc]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs on the GPU machine, not in CI)")
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_cuda_prune_matches_cpu_and_returns_on_cpu(tiny_vit, data, method):
+    """The device only moves the arithmetic: the kept ratio, the same widths where
+    the allocation is data-independent, and a model that comes back on the CPU."""
+    cpu = _run(tiny_vit, data, method=method)
+    gpu = _run(tiny_vit, data, method=method, device="cuda")
+    assert all(p.device.type == "cpu" for p in gpu.loaded.model.parameters())
+    assert abs(gpu.report["params_ratio"] - 0.5) <= 0.01
+    if method not in ("hei", "block-influence"):  # uniform allocations: widths do not depend on the data
+        assert [u["kept"] for u in gpu.plan["units"]] == [u["kept"] for u in cpu.plan["units"]]
+    assert abs(gpu.report["after"] - cpu.report["after"]) <= 0.2
+
+
+def test_device_auto_resolves_and_missing_accelerator_is_bad_input():
+    from compress.pruning import resolve_device
+
+    assert resolve_device("auto").type in ("cuda", "mps", "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(BadInput, match="--device cpu"):
+            resolve_device("cuda")
+    with pytest.raises(BadInput, match="cuda, cuda:N"):
+        PruneConfig(device="tpu")
+
+
+@pytest.mark.parametrize("score", ["loss", "cond", "pred"])
+def test_hei_score_variants_hit_the_ratio_and_contrast_with_generic(tiny_vit, data, score):
+    """Every entropy-increase estimator plans a model at the ratio, with and
+    without generic contrast data (here: the user's own images, mirrored)."""
+    import copy as _copy
+
+    generic = _copy.deepcopy(data)
+    generic.train.x = generic.train.x.flip(-1)
+    cfg = dataclasses.replace(FAST, extra={"hei_score": score, "hei_beta": 0.6})
+    for gen in (None, generic):
+        res = prune(_loaded(tiny_vit), data, cfg, generic=gen)
+        assert abs(res.report["params_ratio"] - 0.5) <= 0.01
+        assert all(math.isfinite(u["score"]) for u in res.plan["units"] if u["score"] is not None)
+
+
+def test_unknown_hei_score_is_bad_input(tiny_vit, data):
+    with pytest.raises(BadInput, match="loss, cond, pred"):
+        _run(tiny_vit, data, extra={"hei_score": "vibes"})

@@ -38,6 +38,8 @@ android {
     }
 
     compileOptions {
+        // AGP 9's built-in Kotlin takes its JVM target from targetCompatibility,
+        // so no kotlin { } block is needed (the kotlin-android plugin is not applied).
         sourceCompatibility = JavaVersion.VERSION_17
         targetCompatibility = JavaVersion.VERSION_17
     }
@@ -48,10 +50,6 @@ android {
         // uncompressed keeps that copy a plain read.
         noCompress += listOf("pte", "onnx")
     }
-}
-
-kotlin {
-    jvmToolchain(17)
 }
 
 dependencies {
@@ -69,10 +67,21 @@ dependencies {
 
 abstract class PocketsizeExport : DefaultTask() {
     @get:Input abstract val executable: Property<String>
+
     @get:Input abstract val model: Property<String>
+
     @get:Input abstract val formats: Property<String>
+
     @get:Input abstract val quantize: Property<String>
+
+    // The local model folder's files (empty for zoo:/timm:/hf: specs), so the
+    // task reruns when the model on disk changes, not only when its path does.
+    @get:InputFiles
+    @get:PathSensitive(PathSensitivity.RELATIVE)
+    abstract val modelFiles: ConfigurableFileCollection
+
     @get:OutputDirectory abstract val outputDir: DirectoryProperty
+
     @get:Inject abstract val execOps: ExecOperations
 
     @TaskAction
@@ -86,7 +95,7 @@ abstract class PocketsizeExport : DefaultTask() {
                 executable.get(), "export", model.get(),
                 "--to", formats.get(),
                 "--quantize", quantize.get(),
-                "--out", staging.path,
+                "--out", staging.path
             )
         }
         val out = outputDir.get().asFile
@@ -101,18 +110,23 @@ if (pocketsizeModel.isNotEmpty()) {
     // A local folder is resolved against android-demo/; a spec such as
     // zoo:dinov2-small or timm:NAME is passed through unchanged.
     val modelArg = if (":" in pocketsizeModel) pocketsizeModel else rootProject.file(pocketsizeModel).path
-    val pocketsizeExport = tasks.register<PocketsizeExport>("pocketsizeExport") {
-        group = "pocketsize"
-        description = "Runs `pocketsize export` and bundles the artifacts as app assets."
-        executable.set(providers.gradleProperty("pocketsize.executable").orElse("pocketsize"))
-        model.set(modelArg)
-        formats.set(providers.gradleProperty("pocketsize.formats").orElse("executorch,onnx"))
-        quantize.set(providers.gradleProperty("pocketsize.quantize").orElse("none"))
-        outputDir.set(layout.buildDirectory.dir("generated/pocketsize/assets"))
-    }
     androidComponents {
         onVariants { variant ->
-            variant.sources.assets?.addGeneratedSourceDirectory(pocketsizeExport, PocketsizeExport::outputDir)
+            // One task per variant (pocketsizeExportDebug, pocketsizeExportRelease):
+            // addGeneratedSourceDirectory wires the task's outputDir to a
+            // variant-specific folder, as in android/gradle-recipes
+            // addGeneratedSourceFolder. It runs when that variant merges assets.
+            val taskName = "pocketsizeExport" + variant.name.replaceFirstChar { it.uppercase() }
+            val export = tasks.register<PocketsizeExport>(taskName) {
+                group = "pocketsize"
+                description = "Runs `pocketsize export` and bundles the artifacts as assets/pocketsize/."
+                executable.set(providers.gradleProperty("pocketsize.executable").orElse("pocketsize"))
+                model.set(modelArg)
+                if (":" !in pocketsizeModel) modelFiles.from(modelArg)
+                formats.set(providers.gradleProperty("pocketsize.formats").orElse("executorch,onnx"))
+                quantize.set(providers.gradleProperty("pocketsize.quantize").orElse("none"))
+            }
+            variant.sources.assets?.addGeneratedSourceDirectory(export, PocketsizeExport::outputDir)
         }
     }
 }

@@ -1,4 +1,5 @@
 import SwiftUI
+import UIKit
 
 /// Two modes: with `-pocketsize.*` launch arguments (devicectl) the app runs
 /// the benchmark and writes its report; without them it is the classifier.

@@ -45,7 +45,11 @@ final class Benchmark {
             let target = p.outDir.appendingPathComponent(Contract.fileReport)
             let tmp = p.outDir.appendingPathComponent(Contract.fileReport + ".tmp")
             try data.write(to: tmp)
-            _ = try FileManager.default.replaceItemAt(target, withItemAt: tmp)
+            // POSIX rename: atomic, and works whether or not report.json exists
+            // (the driver polls for it; its presence means "done").
+            guard rename(tmp.path, target.path) == 0 else {
+                throw BenchError.runtime("rename \(tmp.path) -> \(target.path) failed: errno \(errno)")
+            }
         } catch {
             NSLog("pocketsize: cannot write report.json: \(error)")
         }

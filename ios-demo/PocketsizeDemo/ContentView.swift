@@ -23,7 +23,7 @@ struct ContentView: View {
             Spacer()
         }
         .padding()
-        .onChange(of: pick) { item in
+        .onChange(of: pick) { _, item in   // iOS 17 two-parameter form
             Task {
                 if let data = try? await item?.loadTransferable(type: Data.self), let img = UIImage(data: data) {
                     image = img

@@ -67,7 +67,16 @@ final class CoreMLRunner: ModelRunner {
     private let outputName: String
 
     init(url: URL, computeUnits: MLComputeUnits = .all) throws {
-        let compiled = url.pathExtension == "mlmodelc" ? url : try MLModel.compileModel(at: url)
+        // Swift rejects `try` to the right of `?:`, hence the if/else. The
+        // synchronous compileModel(at:) is deprecated since iOS 16 in favour of
+        // the async one but still available; init stays synchronous so load_ms
+        // covers compile + load in one timed call.
+        let compiled: URL
+        if url.pathExtension == "mlmodelc" {
+            compiled = url
+        } else {
+            compiled = try MLModel.compileModel(at: url)
+        }
         let config = MLModelConfiguration()
         config.computeUnits = computeUnits
         model = try MLModel(contentsOf: compiled, configuration: config)
@@ -81,8 +90,13 @@ final class CoreMLRunner: ModelRunner {
 
     func run(_ input: [Float], shape: [Int]) throws -> Output {
         let array = try MLMultiArray(shape: shape.map { NSNumber(value: $0) }, dataType: .float32)
-        array.withUnsafeMutableBufferPointer(ofType: Float.self) { dst, _ in
-            // A freshly allocated MLMultiArray is contiguous, row-major.
+        let rowMajor = CoreMLRunner.rowMajorStrides(shape)
+        try array.withUnsafeMutableBufferPointer(ofType: Float.self) { dst, strides in
+            // Apple: the storage "may not store these scalar values contiguously";
+            // copy in one go only when it is plain row-major, as a fresh array is.
+            guard strides == rowMajor, dst.count >= input.count else {
+                throw BenchError.runtime("Core ML input buffer is not row-major (strides \(strides))")
+            }
             _ = input.withUnsafeBufferPointer { src in memcpy(dst.baseAddress!, src.baseAddress!, 4 * src.count) }
         }
         let features = try MLDictionaryFeatureProvider(dictionary: [inputName: MLFeatureValue(multiArray: array)])
@@ -90,8 +104,31 @@ final class CoreMLRunner: ModelRunner {
         guard let out = result.featureValue(for: outputName)?.multiArrayValue else {
             throw BenchError.runtime("Core ML returned no \(outputName)")
         }
-        // Outputs may be float16 or float32; NSNumber access handles both.
-        let data = (0..<out.count).map { out[$0].floatValue }
-        return Output(data: data, shape: out.shape.map { $0.intValue })
+        // out[offset] indexes the storage, offset = sum(index[d] * strides[d])
+        // (Apple's MLMultiArray subscript(_:) documentation), and outputs may be
+        // padded, so walk the logical indices in row-major order. NSNumber access
+        // reads float16 and float32 outputs alike.
+        let outShape = out.shape.map { $0.intValue }
+        let outStrides = out.strides.map { $0.intValue }
+        var data = [Float](repeating: 0, count: out.count)
+        for i in 0..<out.count {
+            var rest = i
+            var offset = 0
+            for d in stride(from: outShape.count - 1, through: 0, by: -1) {
+                offset += (rest % outShape[d]) * outStrides[d]
+                rest /= outShape[d]
+            }
+            data[i] = out[offset].floatValue
+        }
+        return Output(data: data, shape: outShape)
+    }
+
+    /// Strides of a contiguous row-major array of `shape`, in elements.
+    static func rowMajorStrides(_ shape: [Int]) -> [Int] {
+        var strides = [Int](repeating: 1, count: shape.count)
+        for d in stride(from: shape.count - 2, through: 0, by: -1) {
+            strides[d] = strides[d + 1] * shape[d + 1]
+        }
+        return strides
     }
 }

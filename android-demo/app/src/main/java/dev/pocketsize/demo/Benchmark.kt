@@ -23,7 +23,7 @@ data class BenchParams(
     val inputShape: LongArray,
     val evalInput: String?,
     val evalCount: Int,
-    val runId: String,
+    val runId: String
 )
 
 /**
@@ -49,8 +49,11 @@ class Benchmark(private val p: BenchParams) {
             .put("runtime", runtimeName(p.format)).put("runtime_version", JSONObject.NULL)
             .put("load_ms", JSONObject.NULL).put("first_inference_ms", JSONObject.NULL)
             .put("output_shape", JSONObject.NULL).put("eval_count", 0).put("threads", p.threads)
-            .put("app", JSONObject().put("name", "pocketsize-android-demo")
-                .put("version", BuildConfig.VERSION_NAME).put("platform", "android"))
+            .put(
+                "app",
+                JSONObject().put("name", "pocketsize-android-demo")
+                    .put("version", BuildConfig.VERSION_NAME).put("platform", "android")
+            )
             .put("device", deviceInfo())
         try {
             measure(report)
@@ -134,7 +137,7 @@ class Benchmark(private val p: BenchParams) {
     private fun copyProc() {
         for ((src, dst) in listOf(
             "/proc/self/status" to Contract.FILE_PROC_STATUS,
-            "/proc/self/smaps_rollup" to Contract.FILE_PROC_SMAPS_ROLLUP,
+            "/proc/self/smaps_rollup" to Contract.FILE_PROC_SMAPS_ROLLUP
         )) {
             runCatching { File(out, dst).writeText(File(src).readText()) }
         }
@@ -148,8 +151,11 @@ class Benchmark(private val p: BenchParams) {
         fun runtimeName(format: String) = if (format == Contract.FORMAT_ONNX) "onnxruntime" else "executorch"
 
         fun deviceInfo(): JSONObject {
-            val cpu = if (Build.VERSION.SDK_INT >= Build.VERSION_CODES.S)
-                "${Build.SOC_MANUFACTURER} ${Build.SOC_MODEL}" else Build.HARDWARE
+            val cpu = if (Build.VERSION.SDK_INT >= Build.VERSION_CODES.S) {
+                "${Build.SOC_MANUFACTURER} ${Build.SOC_MODEL}"
+            } else {
+                Build.HARDWARE
+            }
             return JSONObject()
                 .put("kind", "adb")
                 .put("name", "${Build.MANUFACTURER} ${Build.MODEL}")
@@ -160,10 +166,9 @@ class Benchmark(private val p: BenchParams) {
         }
 
         /** The Android emulator's tell-tale build fields (goldfish/ranchu kernels, sdk products). */
-        fun isEmulator(): Boolean =
-            Build.HARDWARE in setOf("goldfish", "ranchu") ||
-                Build.FINGERPRINT.startsWith("generic") ||
-                Build.PRODUCT.contains("sdk")
+        fun isEmulator(): Boolean = Build.HARDWARE in setOf("goldfish", "ranchu") ||
+            Build.FINGERPRINT.startsWith("generic") ||
+            Build.PRODUCT.contains("sdk")
 
         fun writeAtomically(target: File, text: String) {
             val tmp = File(target.parentFile, "${target.name}.tmp")

@@ -23,7 +23,10 @@ class BenchmarkActivity : Activity() {
         super.onCreate(savedInstanceState)
         // Keep the screen on: a dozing phone throttles and skews the timings.
         window.addFlags(WindowManager.LayoutParams.FLAG_KEEP_SCREEN_ON)
-        val status = TextView(this).apply { text = "pocketsize benchmark running…"; setPadding(32, 32, 32, 32) }
+        val status = TextView(this).apply {
+            text = "pocketsize benchmark running…"
+            setPadding(32, 32, 32, 32)
+        }
         setContentView(status)
 
         val params = try {
@@ -45,9 +48,8 @@ class BenchmarkActivity : Activity() {
         private const val TAG = "pocketsize"
 
         fun readParams(intent: Intent): BenchParams {
-            fun str(key: String): String =
-                intent.getStringExtra(key)?.takeIf { it.isNotEmpty() }
-                    ?: throw IllegalArgumentException("missing extra $key")
+            fun str(key: String): String = intent.getStringExtra(key)?.takeIf { it.isNotEmpty() }
+                ?: throw IllegalArgumentException("missing extra $key")
             val shape = str(Contract.EXTRA_INPUT_SHAPE).split(',').map {
                 it.trim().toLongOrNull() ?: throw IllegalArgumentException("bad ${Contract.EXTRA_INPUT_SHAPE}")
             }
@@ -62,7 +64,7 @@ class BenchmarkActivity : Activity() {
                 inputShape = shape.toLongArray(),
                 evalInput = intent.getStringExtra(Contract.EXTRA_EVAL_INPUT),
                 evalCount = intent.getIntExtra(Contract.EXTRA_EVAL_COUNT, Contract.DEFAULT_EVAL_COUNT),
-                runId = str(Contract.EXTRA_RUN_ID),
+                runId = str(Contract.EXTRA_RUN_ID)
             )
         }
     }

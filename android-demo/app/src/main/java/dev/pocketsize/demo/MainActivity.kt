@@ -34,10 +34,16 @@ class MainActivity : AppCompatActivity() {
 
     override fun onCreate(savedInstanceState: Bundle?) {
         super.onCreate(savedInstanceState)
-        val root = LinearLayout(this).apply { orientation = LinearLayout.VERTICAL; setPadding(32, 32, 32, 32) }
+        val root = LinearLayout(this).apply {
+            orientation = LinearLayout.VERTICAL
+            setPadding(32, 32, 32, 32)
+        }
         val pick = Button(this).apply { text = "Pick image" }
         val camera = Button(this).apply { text = "Take photo" }
-        image = ImageView(this).apply { adjustViewBounds = true; maxHeight = 900 }
+        image = ImageView(this).apply {
+            adjustViewBounds = true
+            maxHeight = 900
+        }
         output = TextView(this).apply { textSize = 16f }
         listOf(pick, camera, image, output).forEach(root::addView)
         setContentView(root)
@@ -100,7 +106,9 @@ class MainActivity : AppCompatActivity() {
         if (m == null || r == null) return
         thread(name = "pocketsize-classify") {
             val t0 = System.nanoTime()
-            val probs = Preprocess.softmax(r.run(Preprocess.toTensor(bitmap, m.preprocessing), m.preprocessing.inputShape).data)
+            val probs = Preprocess.softmax(
+                r.run(Preprocess.toTensor(bitmap, m.preprocessing), m.preprocessing.inputShape).data
+            )
             val ms = (System.nanoTime() - t0) / 1e6
             val top = probs.indices.sortedByDescending { probs[it] }.take(5)
             val text = top.joinToString("\n") { i ->

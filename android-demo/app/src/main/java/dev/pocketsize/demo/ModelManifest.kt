@@ -11,7 +11,7 @@ data class Preprocessing(
     val mean: FloatArray,
     val std: FloatArray,
     val interpolation: String,
-    val cropPct: Float,
+    val cropPct: Float
 ) {
     val inputShape: LongArray get() = longArrayOf(1, channels.toLong(), height.toLong(), width.toLong())
     val inputSize: Int get() = channels * height * width
@@ -22,7 +22,7 @@ data class ArtifactEntry(val format: String, val path: String, val quantize: Str
 data class ModelManifest(
     val preprocessing: Preprocessing,
     val labels: List<String>,
-    val artifacts: List<ArtifactEntry>,
+    val artifacts: List<ArtifactEntry>
 ) {
     /** The first artifact of [format], preferring the float one over int8. */
     fun artifactFor(format: String): ArtifactEntry? =
@@ -46,7 +46,7 @@ data class ModelManifest(
                 mean = FloatArray(mean.length()) { mean.getDouble(it).toFloat() },
                 std = FloatArray(std.length()) { std.getDouble(it).toFloat() },
                 interpolation = pre.optString("interpolation", "bilinear"),
-                cropPct = pre.optDouble("crop_pct", 1.0).toFloat(),
+                cropPct = pre.optDouble("crop_pct", 1.0).toFloat()
             )
             val labelsJson = root.optJSONArray("labels")
             val labels = if (labelsJson == null) emptyList() else List(labelsJson.length()) { labelsJson.getString(it) }

@@ -17,7 +17,7 @@ object Preprocess {
         val shorter = minOf(src.width, src.height).toFloat()
         val rw = maxOf(pre.width, (src.width * scale / shorter).roundToInt())
         val rh = maxOf(pre.height, (src.height * scale / shorter).roundToInt())
-        val resized = Bitmap.createScaledBitmap(src, rw, rh, /* filter = */ true)
+        val resized = Bitmap.createScaledBitmap(src, rw, rh, true) // filter = true: bilinear
         val left = (rw - pre.width) / 2
         val top = (rh - pre.height) / 2
         val pixels = IntArray(pre.width * pre.height)
