@@ -111,3 +111,13 @@ def _fill_uniform(budget: Budget, best: list[tuple[int, int]], target: float, re
                 break
             best = grown
     return best
+
+
+def min_reachable(budget: Budget, min_heads: int = 1, channel_multiple: int = 8, block_removal: bool = False) -> float:
+    """The fewest parameters a plan can keep: every block at ``min_heads`` heads
+    and one channel group, or (when the method removes blocks) all blocks but one."""
+    floor = [(min(min_heads, h), min(channel_multiple, c)) for h, c in zip(budget.heads, budget.chans)]
+    best = budget.params(floor)
+    if block_removal and len(floor) > 1:
+        best = min(best, budget.params(floor, removed=range(1, len(floor))))
+    return best

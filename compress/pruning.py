@@ -118,11 +118,24 @@ def prune(model: Loaded | str, data: ImageData | str, config: PruneConfig | None
         loaded.model.to("cpu")  # results (and the caller's model) always come back on the CPU
 
 
+def _check_reachable(loaded: Loaded, cfg: PruneConfig, params_before: int) -> None:
+    """Fail before any scoring or training when no plan can get down to the ratio."""
+    from .allocate import Budget, min_reachable
+
+    floor = min_reachable(Budget.of(loaded), cfg.min_heads, cfg.channel_multiple,
+                          block_removal=cfg.method == "block-influence")
+    if cfg.ratio * params_before < floor - RATIO_TOLERANCE * params_before:
+        raise TargetNotMet(f"--ratio {cfg.ratio} is below the smallest reachable kept ratio "
+                           f"{floor / params_before:.3f} for this model (embeddings, head and one head + "
+                           f"{cfg.channel_multiple} channels per block stay); pick a larger --ratio")
+
+
 def _prune_images(loaded: Loaded, data: ImageData, cfg: PruneConfig, progress: Progress | None,
                   generic: ImageData | None, t0: float) -> Pruned:
     fit = personalize(loaded, data, cfg, progress)
     loaded.refresh_meta()
     params_before = count_params(loaded.model)
+    _check_reachable(loaded, cfg, params_before)
     x1 = data.test.normalized(0, 1).to(train.device_of(loaded))
     macs_before = count_macs(loaded, x1)
     before = train.accuracy(loaded, data.test)

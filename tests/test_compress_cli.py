@@ -224,6 +224,7 @@ def test_unreachable_ratio_exits_4_and_writes_nothing(timm_dir, image_folder, tm
                            capsys)
     assert rc == 4, err
     assert len(err.strip().splitlines()) == 1 and "ratio" in err and "Traceback" not in err
+    assert "smallest reachable" in err  # caught up front, before any scoring or recovery
     assert list(tmp_path.iterdir()) == []
 
 
