@@ -78,31 +78,41 @@ def _activation(ctx: StepContext):
 
 
 def _taylor(ctx: StepContext):
-    """First-order Taylor |w * dL/dw| summed over each unit's weights (the
-    criterion of torch-pruning's TaylorImportance), on the sampled user data."""
+    """torch-pruning's GroupTaylorImportance: first-order Taylor |w * dL/dw|
+    summed over every layer that torch-pruning's DependencyGraph couples to a
+    unit (q, k, v rows and output-projection columns of a head; fc1 rows and
+    fc2 columns of an MLP channel), on the sampled user data."""
+    import warnings
+
     import torch.nn.functional as F
+    import torch_pruning as tp
 
     loaded = ctx.loaded
     ad, model = loaded.adapter, loaded.model
     if ctx.calib_y is None:
         raise BadInput("--method taylor needs labelled data")
-    model.zero_grad(set_to_none=True)
-    model.eval()
     dev = next(model.parameters()).device
     x, y = ctx.calib_x.to(dev), ctx.calib_y.to(dev)
+    model.eval()
+    with warnings.catch_warnings():  # it notes that it will not prune cls/pos tokens: we never ask it to
+        warnings.simplefilter("ignore")
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=x[:1],
+                                                      forward_fn=lambda m, inp: ad.logits(m, inp))
+    model.zero_grad(set_to_none=True)
     for s in range(0, x.shape[0], 16):
         F.cross_entropy(ad.logits(model, x[s:s + 16]), y[s:s + 16]).backward()
+    importance = tp.importance.GroupTaylorImportance(group_reduction="sum", normalizer=None)
+
+    def scores(layer: torch.nn.Linear) -> torch.Tensor:
+        group = graph.get_pruning_group(layer, tp.prune_linear_out_channels, idxs=list(range(layer.out_features)))
+        return importance(group).detach().cpu()
+
     out = []
     for blk in ad.blocks(model):
         s = ad.block_shape(blk)
-        t = lambda p: ((p.detach() * p.grad).abs() if p.grad is not None else torch.zeros_like(p)).cpu()  # noqa: E731
-        h = torch.zeros(s.heads)
-        for lin in ad.head_in(blk):
-            h += ad.head_weight_view(blk, lin, t(lin.weight)).sum(dim=(0, 2, 3))
-        wo = ad.head_out(blk).weight
-        h += t(wo).reshape(wo.shape[0], s.heads, s.head_dim).sum(dim=(0, 2))
-        c = sum(t(l.weight).sum(1) for l in ad.mlp_in(blk)) + t(ad.mlp_out(blk).weight).sum(0)
-        out.append((h, c))
+        # the value projection (or fused qkv) out-channel group couples q, k, v and the output projection
+        h = scores(ad.head_in(blk)[-1]).reshape(-1, s.heads, s.head_dim).sum(dim=(0, 2))
+        out.append((h, scores(ad.mlp_in(blk)[0])))
     model.zero_grad(set_to_none=True)
     return out
 

@@ -211,3 +211,30 @@ def test_hei_score_variants_hit_the_ratio_and_contrast_with_generic(tiny_vit, da
 def test_unknown_hei_score_is_bad_input(tiny_vit, data):
     with pytest.raises(BadInput, match="loss, cond, pred"):
         _run(tiny_vit, data, extra={"hei_score": "vibes"})
+
+
+@pytest.mark.parametrize("kind", ["timm", "hf-dinov2-cls"])
+def test_taylor_scores_come_from_torch_pruning_and_equal_the_criterion(tiny_vit, data, kind):
+    """`taylor` goes through torch-pruning's DependencyGraph + GroupTaylorImportance;
+    per head and per channel that is |w * dL/dw| summed over the coupled layers."""
+    import torch.nn.functional as F
+
+    from compress.methods import StepContext, _taylor
+
+    loaded = _loaded(tiny_vit, kind)
+    if kind == "timm":
+        loaded.adapter.set_num_classes(loaded.model, data.labels)
+    x, y = data.train.normalized()[:8], data.train.y[:8] % loaded.adapter.num_classes(loaded.model)
+    got = _taylor(StepContext(loaded, x, y, None, FAST, seed=0))
+    ad, model = loaded.adapter, loaded.model
+    model.zero_grad()
+    F.cross_entropy(ad.logits(model, x[:8]), y[:8]).backward()  # one batch of 16 covers all 8 samples
+    t = lambda p: (p.detach() * p.grad).abs()  # noqa: E731
+    for blk, (h, c) in zip(ad.blocks(model), got):
+        s = ad.block_shape(blk)
+        want_h = sum(ad.head_weight_view(blk, lin, t(lin.weight)).sum(dim=(0, 2, 3)) for lin in ad.head_in(blk))
+        wo = ad.head_out(blk).weight
+        want_h = want_h + t(wo).reshape(wo.shape[0], s.heads, s.head_dim).sum(dim=(0, 2))
+        want_c = t(ad.mlp_in(blk)[0].weight).sum(1) + t(ad.mlp_out(blk).weight).sum(0)
+        assert torch.allclose(h, want_h, rtol=1e-4, atol=1e-8)
+        assert torch.allclose(c, want_c, rtol=1e-4, atol=1e-8)
