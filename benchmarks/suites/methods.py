@@ -199,10 +199,11 @@ def _latency(widths: list[int] | None, labels: int) -> dict:
     return out
 
 
-def add_latency(rows: list[dict]) -> None:
-    """Fill ``p50_ms`` for every distinct architecture among the seed-0 rows
-    and for the unpruned model (a row of method ``unpruned``)."""
-    todo = [r for r in rows if r["seed"] == 0 and r["method"] != "unpruned"]
+def add_latency(rows: list[dict], subsets) -> None:
+    """Fill ``p50_ms`` for every distinct architecture among the seed-0,
+    buffer-on rows of the main methods of ``subsets``, and for the unpruned
+    model (a row of method ``unpruned``)."""
+    todo = [r for r in rows if r["seed"] == 0 and r["method"] in METHODS and r["buffer"] and r["subset"] in subsets]
     seen = {tuple(r["widths"]): r["p50_ms"] for r in todo if r.get("p50_ms")}
     for r in todo:
         key = tuple(r["widths"])
@@ -402,7 +403,7 @@ def main(argv=None) -> int:
         for j in jobs:
             finished(run_job(j))
     if args.latency:
-        add_latency(rows)
+        add_latency(rows, list(SUBSETS)[: args.subsets])
         rows_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out.write_text(render(rows, args))
     return 1 if failed else 0
