@@ -27,6 +27,8 @@ class BenchConfig:
     seed: the data split seed (must match the one compress used).
     formats: restrict to these artifact formats (None = every artifact in the manifest).
     unstable_cv: coefficient of variation above which a result carries a warning.
+    prompt_tokens, decode_tokens: causal LMs only: one timed generation prefills
+        this many tokens and then decodes this many (latency_ms is per decode token).
     """
 
     warmup: int = 5
@@ -38,6 +40,8 @@ class BenchConfig:
     seed: int = 0
     formats: tuple[str, ...] | None = None
     unstable_cv: float = 0.10
+    prompt_tokens: int = 64
+    decode_tokens: int = 32
 
     def __post_init__(self) -> None:
         def need_int(name: str, lo: int) -> None:
@@ -49,6 +53,8 @@ class BenchConfig:
         need_int("iterations", 1)
         need_int("threads", 1)
         need_int("seed", 0)
+        need_int("prompt_tokens", 1)
+        need_int("decode_tokens", 1)
         if self.eval_samples is not None:
             need_int("eval_samples", 0)
         for name in ("min_duration_s", "timeout_s", "unstable_cv"):

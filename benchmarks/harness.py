@@ -151,15 +151,24 @@ def fill_result(res: dict, out: RunOutput, ev: EvalSet | None, config: BenchConf
         res["eval_samples"] = ev.count
 
 
-def measure(device: Device, job: Job, res: dict, ev: EvalSet | None, work: Path, config: BenchConfig) -> None:
-    """One artifact on the device; every expected failure becomes status failed + error."""
+def measure(device: Device, job: Job, res: dict, ev: EvalSet | None, work: Path, config: BenchConfig,
+            lm: dict | None = None) -> None:
+    """One artifact on the device; every expected failure becomes status failed + error.
+
+    ``lm``: the manifest's ``llm`` section when the artifact is a causal LM."""
     t0 = time.monotonic()
-    reason = device.unsupported_reason(job.format)
+    reason = lm_unsupported_reason(device, job.format) if lm else device.unsupported_reason(job.format)
     try:
         if reason:
             raise Unsupported(reason)
-        out = device.run(job, work)
-        fill_result(res, out, ev, config, device.emulated)
+        if lm:
+            res.update({k: None for k in LM_KEYS})
+            out = run_lm(job, work, lm, ev, config)
+            fill_result(res, out, None, config, device.emulated)
+            fill_lm(res, work / "out", out, ev, config)
+        else:
+            out = device.run(job, work)
+            fill_result(res, out, ev, config, device.emulated)
     except Unsupported as e:
         # status stays within the contract's ok|failed; "unsupported" says it was never tried
         res.update(status="failed", error=f"unsupported: {e}", unsupported=True)
@@ -213,8 +222,13 @@ def _run(sets, dev: Device, config: BenchConfig, data: Any, out: Path, write: bo
     with tempfile.TemporaryDirectory(prefix="pocketsize-bench-work-") as scratch_s, dev:
         scratch = Path(scratch_s)
         for variant, folder, manifest in sets:
-            ev = prepare_eval(data, manifest, config, dev, scratch)
-            shape = input_shape(manifest)
+            lm = manifest.get("llm") if manifest.get("task") == "causal-lm" else None
+            if lm:
+                ev = prepare_lm_eval(data, manifest, folder, config, dev, scratch)
+                shape = (1, min(config.prompt_tokens, int(lm["cache_len"]) - 1))
+            else:
+                ev = prepare_eval(data, manifest, config, dev, scratch)
+                shape = input_shape(manifest)
             for i, art in enumerate(manifest["artifacts"]):
                 fmt = art.get("format")
                 if config.formats is not None and fmt not in config.formats:
@@ -232,7 +246,7 @@ def _run(sets, dev: Device, config: BenchConfig, data: Any, out: Path, write: bo
                 work = scratch / f"{variant}-{i}-{fmt}"
                 work.mkdir()
                 log.info("bench %s %s on %s", variant, fmt, dev.spec)
-                measure(dev, job, res, ev, work, config)
+                measure(dev, job, res, ev, work, config, lm)
                 if write:  # incremental: a later crash of the harness loses nothing measured
                     write_json(out / "results.json", doc)
     doc["seconds"] = round(time.time() - started, 3)
@@ -240,6 +254,110 @@ def _run(sets, dev: Device, config: BenchConfig, data: Any, out: Path, write: bo
         write_json(out / "results.json", doc)
         write_report(doc, out / "report.html")
     return doc
+
+
+# --- causal LMs ------------------------------------------------------------------------
+# The KV-cached decoders of export.llm: .pte through the native runner's decode
+# loop (et_runner.cpp --llm-prompt; its Python twin runner/llm_runner.py when
+# g++ is missing), .onnx through runner/llm_runner.py (ONNX Runtime's Python
+# API). Both on this host only for now.
+
+LM_RUNNER = Path(__file__).resolve().parent / "runner" / "llm_runner.py"
+LM_KEYS = ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms", "llm")
+
+
+def lm_unsupported_reason(device: Device, fmt: str) -> str | None:
+    if fmt not in ("executorch", "onnx"):
+        return f"no {fmt} runner for language models; benchmark the .pte or .onnx"
+    if device.kind != "local":
+        return ("language-model artifacts are benchmarked on --device local only so far; "
+                "run the bench on the target with pocketsize installed")
+    if fmt == "onnx":
+        return device.unsupported_reason("onnx")
+    import importlib.util
+
+    if importlib.util.find_spec("executorch") is None:
+        return "executorch is not installed; pip install 'pocketsize[executorch]'"
+    return None
+
+
+def prepare_lm_eval(data: Any, manifest: dict, folder: Path, config: BenchConfig, device: Device,
+                    scratch: Path) -> EvalSet | None:
+    """Held-out token chunks (int64) for on-device perplexity; None without data."""
+    if data is None:
+        return None
+    if isinstance(data, (str, Path)):
+        from compress.text import load_text_data, load_tokenizer
+
+        tok_dir = (manifest.get("llm") or {}).get("tokenizer")
+        if not tok_dir or not (folder / tok_dir).exists():
+            raise BadInput(f"{folder} has no tokenizer/ to read --data with; re-export the model with its tokenizer")
+        data = load_text_data(str(data), load_tokenizer(folder / tok_dir), seed=config.seed)
+    test = data.test.ids
+    want = config.eval_samples if config.eval_samples is not None else device.default_eval_samples
+    n = len(test) if want is None else min(int(want), len(test))
+    if n <= 0:
+        return None
+    length = min(int(test.shape[1]), int(manifest["llm"]["cache_len"]))
+    import numpy as np
+
+    path = scratch / f"lm-eval-{n}-{length}.i64"
+    np.ascontiguousarray(test[:n, :length].numpy(), dtype="<i8").tofile(path)
+    ev = EvalSet(path, None, n)
+    ev.length = length  # type: ignore[attr-defined]
+    return ev
+
+
+def run_lm(job: Job, work: Path, lm: dict, ev: EvalSet | None, config: BenchConfig) -> RunOutput:
+    import shutil
+    import sys
+
+    from .devices.local import run_job
+
+    prompt = int(job.input_shape[1])
+    decode = min(config.decode_tokens, int(lm["cache_len"]) - prompt)
+    args = job.runner_args(str(job.artifact), str(work / "out"))
+    if job.format == "executorch" and shutil.which("g++"):
+        from .runner.build import build_runner
+
+        argv = [str(build_runner().exe), *args, "--llm-prompt", str(prompt), "--llm-decode", str(decode),
+                "--llm-vocab", str(int(lm["vocab_size"]))]
+        if ev is not None:
+            argv += ["--llm-eval-len", str(ev.length)]  # type: ignore[attr-defined]
+        return run_job(argv, job, work, "ExecuTorch runner (LLM decode loop)")
+    argv = [sys.executable, str(LM_RUNNER), *args, "--format", job.format, "--prompt-tokens", str(prompt),
+            "--decode-tokens", str(decode), "--vocab", str(int(lm["vocab_size"]))]
+    if ev is not None:
+        argv += ["--eval-len", str(ev.length)]  # type: ignore[attr-defined]
+    return run_job(argv, job, work, f"{job.format} LLM runner")
+
+
+def fill_lm(res: dict, out_dir: Path, out: RunOutput, ev: EvalSet | None, config: BenchConfig) -> None:
+    """Tokens/s, time to first token and perplexity from the LLM runner's output."""
+    import math
+
+    prefill = [float(ln.split()[1]) for ln in (out_dir / "times.txt").read_text().splitlines()
+               if ln.startswith("p ")]
+    report = read_json(out_dir / "report.json").get("llm") or {}
+    p = int(report.get("prompt_tokens") or 0)
+    stats = latency_stats(prefill)
+    decode = out.times_ms
+    res["llm"] = {**report, "prefill_ms": stats, "decode_ms_per_token": res["latency_ms"],
+                  "latency_ms_is": "one decode step (one new token)",
+                  "ttft_is": "p50 prefill of the prompt (its last logits give the first token)"}
+    if prefill:
+        res["ttft_ms"] = stats["p50"]
+        res["prefill_tokens_per_s"] = p * 1000.0 * len(prefill) / sum(prefill)
+    if decode:
+        res["decode_tokens_per_s"] = 1000.0 * len(decode) / sum(decode)
+    if ev is not None:
+        if out.eval_outputs is None or out.eval_outputs.shape != (ev.count, 2):
+            res.update(status="failed", error="the LLM runner returned no perplexity outputs")
+            return
+        nll, count = float(out.eval_outputs[:, 0].astype("float64").sum()), float(out.eval_outputs[:, 1].sum())
+        res["perplexity"] = math.exp(nll / count) if count else None
+        res["eval_samples"] = ev.count
+        res["eval_tokens"] = int(count)
 
 
 def _size(path: Path) -> int | None:

@@ -8,7 +8,7 @@ import platform
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -33,30 +33,45 @@ def export(model: Any, out_dir: str | Path, config: ExportConfig | None = None, 
 
     ``model``: a MODEL spec or directory, a ``compress.loading.Loaded``, a stock
     timm/transformers module, or an :class:`export.Source`. ``data``: an
-    already-loaded ``compress.data.ImageData`` (else ``config.data`` is read).
-    Returns the manifest. Every artifact is written even when one fails; then
-    ParityError (exit 3) names the failures. Output is atomic.
+    already-loaded ``compress.data.ImageData`` (else ``config.data`` is read);
+    for a causal LM a ``compress.text.TextData``. Returns the manifest. Every
+    artifact is written even when one fails; then ParityError (exit 3) names
+    the failures. Output is atomic. Causal LMs go through :mod:`export.llm`
+    (KV-cached decoders, greedy-token parity).
     """
     config = config or ExportConfig()
     t0 = time.perf_counter()
     check_out_dir(out_dir)  # fail before minutes of loading, not after
     src = resolve(model)
+    if src.task == "causal-lm":
+        from .llm import export_lm
+
+        return export_lm(src, out_dir, config, data, t0)
     inputs = make_inputs(src, config, data)
     with torch.no_grad():
         ref = torch.cat([src.module(inputs.parity[i:i + 32]).float() for i in range(0, inputs.parity.shape[0], 32)])
         example_out = src.module(inputs.parity[:1])
     job = Job(module=src.module, example=inputs.parity[:1].clone(), input_name=src.input_name,
               output_name=OUTPUT_NAME, quantize=config.quantize, calib=inputs.calib, config=config)
+
+    def check(target: Any, path: Path) -> dict[str, Any]:
+        return _check_image(target, path, job, inputs, ref, config)
+
     with atomic_dir(out_dir) as tmp:
-        artifacts = [_one(key, job, tmp, inputs, ref, config) for key in config.targets]
+        artifacts = [export_one(key, job, tmp, config, check) for key in config.targets]
         manifest = _manifest(src, config, job, example_out, inputs, artifacts, time.perf_counter() - t0)
         write_json(tmp / "manifest.json", manifest)
+    raise_failures(artifacts, out_dir)
+    return manifest
+
+
+def raise_failures(artifacts: list[dict[str, Any]], out_dir: str | Path) -> None:
+    """ParityError (exit 3) naming every artifact that failed to export or to match eager."""
     bad = [a for a in artifacts if a["status"] != "ok" or a["parity"].get("passed") is False]
     if bad:
         what = "; ".join(f"{a['format']}: {a.get('error') or a['parity'].get('reason')}" for a in bad)
         rest = "the others are in" if len(bad) < len(artifacts) else "details in"
         raise ParityError(f"{len(bad)} of {len(artifacts)} artifact(s) failed ({what}); {rest} {out_dir}/manifest.json")
-    return manifest
 
 
 def artifact_name(suffix: str, quantize: str) -> str:
@@ -69,8 +84,13 @@ def _precision(fmt: str, config: ExportConfig) -> str:
     return config.coreml_precision if fmt == "coreml" else "fp32"
 
 
-def _one(key: str, job: Job, tmp: Path, inputs: Inputs, ref: torch.Tensor, config: ExportConfig) -> dict[str, Any]:
-    target = get_target(key)
+def export_one(key: str, job: Any, tmp: Path, config: ExportConfig,
+               check: Callable[[Any, Path], dict[str, Any]], task: str = "image-classification") -> dict[str, Any]:
+    """Export one target and check it; the manifest record (never raises for a backend failure).
+
+    ``check(target, path)`` returns the parity record; an exception there means
+    the runtime refused the artifact."""
+    target = get_target(key, task)
     rel = artifact_name(target.SUFFIX, config.quantize)
     path = tmp / rel
     rec: dict[str, Any] = {"format": key, "path": rel, "bytes": None, "sha256": None,
@@ -89,30 +109,34 @@ def _one(key: str, job: Job, tmp: Path, inputs: Inputs, ref: torch.Tensor, confi
     rec["bytes"], rec["sha256"] = digest(path)
     t = time.perf_counter()
     try:
-        v = target.verify(path, job, inputs.parity)
+        rec["parity"] = check(target, path)
     except Exception as e:  # the artifact exists but its runtime refuses it
         msg = f"{target.BACKEND} could not run the artifact ({type(e).__name__}: {' '.join(str(e).split())[:300]})"
         log.error("%s: %s", key, msg)
         rec["status"] = "failed"
         rec["error"] = msg
         rec["parity"] = {"checked": False, "passed": False, "reason": msg}
-    else:
-        if v.outputs is not None:
-            p = _parity.compare(ref, v.outputs, rec["precision"], config, inputs.labels,
-                                on_user_data=inputs.record["kind"] == "held-out")
-        else:
-            p = {"checked": False, "reason": v.reason, "max_abs_diff": None, "top1_agreement": None}
-        if v.problems:
-            p["passed"] = False
-            p["reason"] = "; ".join(filter(None, [p.get("reason"), *v.problems]))
-        elif not p.get("checked"):
-            p["passed"] = None  # nothing compared: neither a pass nor a failure
-        if v.structure:
-            p["structure"] = v.structure
-        rec["parity"] = p
     rec["verify_seconds"] = round(time.perf_counter() - t, 3)
     rec.update({k: v for k, v in info.items() if k not in rec})
     return rec
+
+
+def _check_image(target: Any, path: Path, job: Job, inputs: Inputs, ref: torch.Tensor,
+                 config: ExportConfig) -> dict[str, Any]:
+    v = target.verify(path, job, inputs.parity)
+    if v.outputs is not None:
+        p = _parity.compare(ref, v.outputs, _precision(target.FORMAT, config), config, inputs.labels,
+                            on_user_data=inputs.record["kind"] == "held-out")
+    else:
+        p = {"checked": False, "reason": v.reason, "max_abs_diff": None, "top1_agreement": None}
+    if v.problems:
+        p["passed"] = False
+        p["reason"] = "; ".join(filter(None, [p.get("reason"), *v.problems]))
+    elif not p.get("checked"):
+        p["passed"] = None  # nothing compared: neither a pass nor a failure
+    if v.structure:
+        p["structure"] = v.structure
+    return p
 
 
 def digest(path: Path) -> tuple[int, str]:

@@ -29,6 +29,12 @@ class ExportConfig:
     calib_samples: training images used to calibrate static int8.
     The ``*_atol`` / ``*_snr_db`` / ``*_top1`` fields are the pass thresholds per
     precision; they are written into every parity record.
+    Causal LMs (``export.llm``): ``data`` is the user's .txt file or folder (the
+    parity prompt is the start of a held-out chunk); ``lm_cache_len`` is the
+    KV-cache size (prompt + generated tokens, capped by the model's positions);
+    ``lm_new_tokens`` greedy tokens every artifact must reproduce;
+    ``lm_prompt_tokens`` prompt length; ``lm_prompt`` the fixed prompt used
+    without data.
     """
 
     targets: tuple[str, ...] = ("executorch", "onnx", "coreml")
@@ -48,6 +54,11 @@ class ExportConfig:
     coreml_target: str = "iOS17"
     coreml_precision: str = "fp16"
     xnnpack_rewrites: bool = True    # express LayerNorm/SDPA in ops XNNPACK takes (see export.rewrites)
+    # causal LMs
+    lm_cache_len: int = 256
+    lm_new_tokens: int = 16
+    lm_prompt_tokens: int = 16
+    lm_prompt: str = "Once upon a time, in a small town by the sea, there lived"
 
     def __post_init__(self) -> None:
         from .targets import target_names  # light: names only, no toolchains
@@ -67,7 +78,8 @@ class ExportConfig:
         if self.data is not None:
             data = Path(self.data)
             if not data.exists():
-                raise BadInput(f"--data {data} does not exist; pass a folder with one subfolder of images per class")
+                raise BadInput(f"--data {data} does not exist; pass the user's data (a folder with one subfolder of "
+                               "images per class; for a language model a .txt file or folder)")
             object.__setattr__(self, "data", str(data))
         if int(self.parity_samples) < 1:
             raise BadInput(f"parity_samples={self.parity_samples}: check at least 1 input")
@@ -79,6 +91,11 @@ class ExportConfig:
             raise BadInput(f"coreml_target={self.coreml_target!r}: use a name like iOS17, iOS18 or macOS14")
         if self.coreml_precision not in ("fp16", "fp32"):
             raise BadInput(f"coreml_precision={self.coreml_precision!r}: use fp16 or fp32")
+        if int(self.lm_new_tokens) < 1 or int(self.lm_prompt_tokens) < 1:
+            raise BadInput("lm_new_tokens and lm_prompt_tokens must be >= 1")
+        if int(self.lm_cache_len) < int(self.lm_prompt_tokens) + int(self.lm_new_tokens):
+            raise BadInput(f"lm_cache_len={self.lm_cache_len} cannot hold the parity prompt and its "
+                           f"{self.lm_new_tokens} new tokens; use at least {self.lm_prompt_tokens + self.lm_new_tokens}")
         if self.fp32_atol <= 0:
             raise BadInput(f"fp32_atol={self.fp32_atol}: must be > 0")
 

@@ -98,3 +98,33 @@ def xnnpack_friendly(enabled: bool = True) -> Iterator[None]:
     finally:
         F.layer_norm, F.scaled_dot_product_attention = _ORIG_LN, _ORIG_SDPA
         torch.Tensor.mean, torch.mean = _ORIG_MEAN, _ORIG_TORCH_MEAN
+
+
+def _mean_last(x, dim=None, keepdim=False, *, dtype=None):
+    """A keepdim mean over the last dim (RMSNorm's) as a 4D (1, rows, width, 1)
+    mean over (2, 3), with the row count left symbolic so a dynamic token
+    dimension survives (``_mean`` above fixes every dim with int())."""
+    dims = dim if isinstance(dim, (list, tuple)) else [dim]
+    if (dtype is None and isinstance(x, torch.Tensor) and x.dim() >= 2 and keepdim
+            and [d % x.dim() for d in dims if d is not None] == [x.dim() - 1] and None not in dims):
+        m = _ORIG_MEAN(x.reshape(1, -1, x.shape[-1], 1), [2, 3], True)
+        return m.reshape(*x.shape[:-1], 1)
+    if dim is None:
+        return _ORIG_MEAN(x, dtype=dtype)
+    return _ORIG_MEAN(x, dim, keepdim, dtype=dtype)
+
+
+@contextlib.contextmanager
+def lm_xnnpack_friendly(enabled: bool = True) -> Iterator[None]:
+    """For causal LMs with a dynamic token count: within the block, RMSNorm's
+    last-dim mean uses the delegate-friendly form (the ViT rewrites above
+    would pin the token dimension)."""
+    if not enabled:
+        yield
+        return
+    torch.Tensor.mean, torch.mean = _mean_last, _mean_last
+    try:
+        yield
+    finally:
+        torch.Tensor.mean, torch.mean = _ORIG_MEAN, _ORIG_TORCH_MEAN
+

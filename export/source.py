@@ -28,6 +28,7 @@ class Source:
     module: nn.Module                    # forward(x) -> logits tensor
     meta: dict[str, Any] = field(default_factory=dict)
     name: str = "in-process"
+    loaded: Any = None                   # the compress.loading.Loaded behind it (causal LMs need model + tokenizer)
 
     @property
     def preprocessing(self) -> dict[str, Any]:
@@ -55,7 +56,7 @@ def resolve(obj: Any) -> Source:
         src = obj
     elif hasattr(obj, "logits_module") and hasattr(obj, "meta"):
         meta = dict(obj.meta)
-        src = Source(obj.logits_module(), meta, str(meta.get("source", "in-process")))
+        src = Source(obj.logits_module(), meta, str(meta.get("source", "in-process")), loaded=obj)
     elif isinstance(obj, nn.Module):
         src = _from_module(obj)
     elif isinstance(obj, (str, Path)):
@@ -63,9 +64,12 @@ def resolve(obj: Any) -> Source:
     else:
         raise BadInput(f"cannot export a {type(obj).__name__}; pass a model directory, a MODEL spec, "
                        "a loaded model or an nn.Module")
-    if src.task != "image-classification":
+    if src.task not in ("image-classification", "causal-lm"):
         raise BadInput(f"{src.name} is a {src.task} model; pocketsize export handles image classifiers "
-                       "(causal-LM export is not implemented yet)")
+                       "and causal language models")
+    if src.task == "causal-lm" and src.loaded is None:
+        raise BadInput(f"{src.name}: pass a language model as a directory, MODEL spec or loaded model "
+                       "(export.Source has no KV-cache interface)")
     src.module.eval()
     return src
 
@@ -103,7 +107,7 @@ def _from_spec(spec: str | Path) -> Source:
     meta = dict(loaded.meta)
     meta.setdefault("source", s)
     meta.setdefault("task", getattr(loaded, "task", "image-classification"))
-    return Source(loaded.logits_module(), meta, s)
+    return Source(loaded.logits_module(), meta, s, loaded=loaded)
 
 
 @dataclass

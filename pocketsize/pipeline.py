@@ -89,6 +89,8 @@ def run(model: Any, data: str, out: str | Path, prune_config=None, to: tuple[str
         results = benchmarks.run(tmp / "export", device=device, config=bench_cfg, data=pruned.data,
                                  out_dir=tmp / "bench")
         summary = summarize(pruned.report, results, time.time() - t0)
+        if pruned.report.get("metric") == "perplexity":
+            summary["llm"] = summarize_lm(pruned.report, results, tmp / "export")
         summary["parity_errors"] = parity_errors
         write_json(tmp / "summary.json", summary)
     return summary
@@ -107,10 +109,38 @@ def summarize(report: dict[str, Any], results: dict[str, Any], seconds: float) -
             "speedup": speedup, "seconds": round(seconds, 1)}
 
 
+def summarize_lm(report: dict[str, Any], results: dict[str, Any], export_dir: Path) -> dict[str, Any]:
+    """The language-model view: personal perplexity, greedy-token parity per
+    artifact, and tokens/s per variant and format."""
+    from .io import read_json
+
+    parity = {}
+    for variant in ("original", "compressed"):
+        m = export_dir / variant / "manifest.json"
+        for a in (read_json(m).get("artifacts") or []) if m.exists() else []:
+            p = a.get("parity") or {}
+            g = p.get("greedy") or {}
+            parity[f"{variant}/{a['format']}"] = {
+                "checked": p.get("checked"), "passed": p.get("passed"), "greedy_tokens": g.get("new_tokens"),
+                "greedy_match": g.get("match"), "max_abs_diff": p.get("max_abs_diff"), "reason": p.get("reason")}
+    speed = {}
+    for r in results.get("results", []):
+        speed[f"{r['variant']}/{r['format']}"] = {
+            "status": r["status"], "prefill_tokens_per_s": r.get("prefill_tokens_per_s"),
+            "decode_tokens_per_s": r.get("decode_tokens_per_s"), "ttft_ms": r.get("ttft_ms"),
+            "peak_rss_mb": r.get("peak_rss_mb"), "perplexity": r.get("perplexity"), "error": r.get("error")}
+    return {"perplexity": {"before": report["before"], "after": report["after"], "split": "held-out"},
+            "parity": parity, "tokens_per_s": speed}
+
+
+def _num(v: Any) -> str:
+    return f"{v:.1f}" if isinstance(v, (int, float)) else "-"
+
+
 def print_table(summary: dict[str, Any], results: dict[str, Any], out: Path) -> None:
     rows = [("variant", "format", "status", "p50 ms", "accuracy/ppl", "bytes")]
     for r in results.get("results", []):
-        metric = r.get("accuracy", r.get("perplexity"))
+        metric = r.get("accuracy") if r.get("accuracy") is not None else r.get("perplexity")
         rows.append((r["variant"], r["format"], r["status"],
                      f"{r['latency_ms']['p50']:.2f}" if r["status"] == "ok" else "-",
                      f"{metric:.4f}" if isinstance(metric, (int, float)) else "-", str(r.get("bytes", "-"))))
@@ -120,6 +150,10 @@ def print_table(summary: dict[str, Any], results: dict[str, Any], out: Path) -> 
     sp = ", ".join(f"{k} {v:.2f}x" for k, v in summary["speedup"].items()) or "n/a"
     print(f"\n{summary['metric']} {summary['before']:.4f} -> {summary['after']:.4f}, params x{summary['params_ratio']:.3f}, "
           f"speedup (p50 original/compressed): {sp}, {summary['seconds']:.0f} s", file=sys.stderr)
+    for key, sp_ in (summary.get("llm") or {}).get("tokens_per_s", {}).items():
+        par = summary["llm"]["parity"].get(key) or {}
+        print(f"{key}: decode {_num(sp_['decode_tokens_per_s'])} tok/s, prefill {_num(sp_['prefill_tokens_per_s'])} "
+              f"tok/s, ttft {_num(sp_['ttft_ms'])} ms, greedy parity {par.get('greedy_match')}", file=sys.stderr)
     print(f"artifacts: {out}/export   report: {out}/bench/report.html   summary: {out}/summary.json", file=sys.stderr)
 
 

@@ -22,16 +22,30 @@ _TARGETS: dict[str, str] = {
     "onnx": "export.targets.onnx",
     "coreml": "export.targets.coreml",
 }
+# causal LMs: the same format keys, modules that export a KV-cached decoder
+# (see export.llm). A format missing here cannot take language models yet.
+_LM_TARGETS: dict[str, str] = {
+    "executorch": "export.targets.llm_executorch",
+    "onnx": "export.targets.llm_onnx",
+}
 
 
 def target_names() -> list[str]:
     return list(_TARGETS)
 
 
-def get_target(name: str) -> ModuleType:
-    """The target module for ``name``; BadInput listing the valid keys."""
+def lm_target_names() -> list[str]:
+    return list(_LM_TARGETS)
+
+
+def get_target(name: str, task: str = "image-classification") -> ModuleType:
+    """The target module for ``name`` and the model's task; BadInput listing the valid keys."""
     if name not in _TARGETS:
         raise BadInput(f"unknown export target {name!r}; valid: {', '.join(target_names())}")
+    if task == "causal-lm":
+        if name not in _LM_TARGETS:
+            raise BadInput(f"--to {name} cannot take language models yet; use --to {','.join(lm_target_names())}")
+        return importlib.import_module(_LM_TARGETS[name])
     return importlib.import_module(_TARGETS[name])
 
 

@@ -8,10 +8,11 @@ statistics are invented from random inputs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -87,6 +88,23 @@ class _WhyCollector(logging.Handler):
             self.reasons.setdefault(op, str(getattr(why, "reason", "")))
 
 
+@contextlib.contextmanager
+def why_not_delegated() -> Iterator[_WhyCollector]:
+    """Within the block, collect the XNNPACK partitioner's reasons for the ops it declines."""
+    why = _WhyCollector()
+    why_logger = logging.getLogger(_WHY_LOGGER)
+    old_level, old_prop = why_logger.level, why_logger.propagate
+    why_logger.addHandler(why)
+    why_logger.setLevel(logging.DEBUG)
+    why_logger.propagate = False
+    try:
+        yield why
+    finally:
+        why_logger.removeHandler(why)
+        why_logger.setLevel(old_level)
+        why_logger.propagate = old_prop
+
+
 def _op_name(target: Any) -> str:
     name = getattr(target, "__name__", str(target))
     return name if "." in name else str(target)
@@ -99,35 +117,26 @@ def export(job: Job, path: Path) -> dict[str, Any]:
     from ..rewrites import xnnpack_friendly
 
     rewrites = bool(job.config.xnnpack_rewrites)
-    why = _WhyCollector()
-    why_logger = logging.getLogger(_WHY_LOGGER)
-    old_level, old_prop = why_logger.level, why_logger.propagate
-    why_logger.addHandler(why)
-    why_logger.setLevel(logging.DEBUG)
-    why_logger.propagate = False
     try:
-        with xnnpack_friendly(rewrites), torch.no_grad():
-            module = _quantize(job.module, job) if job.quantize == "int8" else job.module
-            ep = torch.export.export(module, (job.example,))
-            if rewrites:
-                from executorch.exir.passes.constant_prop_pass import constant_prop_pass
+        with why_not_delegated() as why:
+            with xnnpack_friendly(rewrites), torch.no_grad():
+                module = _quantize(job.module, job) if job.quantize == "int8" else job.module
+                ep = torch.export.export(module, (job.example,))
+                if rewrites:
+                    from executorch.exir.passes.constant_prop_pass import constant_prop_pass
 
-                # folds input-independent subgraphs (attention masks built from
-                # shapes, position-embedding resizes) into constants
-                ep = constant_prop_pass(ep, custom_skip_targets=_fold_skip())
-        with warnings.catch_warnings():
-            # constant propagation leaves folded tensors flagged requires_grad; harmless
-            warnings.filterwarnings("ignore", message=".*requires gradient.*")
-            edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
-        report = delegation_report(edge.exported_program().graph_module, why.reasons)
+                    # folds input-independent subgraphs (attention masks built from
+                    # shapes, position-embedding resizes) into constants
+                    ep = constant_prop_pass(ep, custom_skip_targets=_fold_skip())
+            with warnings.catch_warnings():
+                # constant propagation leaves folded tensors flagged requires_grad; harmless
+                warnings.filterwarnings("ignore", message=".*requires gradient.*")
+                edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+            report = delegation_report(edge.exported_program().graph_module, why.reasons)
         program = edge.to_executorch()
         path.write_bytes(program.buffer)
     except Exception as e:
         raise failure(BACKEND, e) from e
-    finally:
-        why_logger.removeHandler(why)
-        why_logger.setLevel(old_level)
-        why_logger.propagate = old_prop
     report["rewrites"] = ["layer_norm", "scaled_dot_product_attention", "mean"] if rewrites else []
     info: dict[str, Any] = {"delegation": report, "backend": "XnnpackBackend"}
     if job.quantize == "int8":

@@ -1,0 +1,107 @@
+"""ONNX for causal LMs: a decode loop over a fixed-size KV cache.
+
+One graph ``(input_ids (1, T), cache_position (T,), key_cache_0, value_cache_0,
+...) -> (logits (1, T, V), present_key_cache_0, present_value_cache_0, ...)``.
+Each cache tensor is (1, kv_heads_i, cache_len, head_dim_i): fixed size, so
+per-layer widths of a pruned model are just different input shapes. The
+caller starts with zeros and feeds every step's ``present_*`` back as the
+next step's cache (ONNX graphs hold no state). T is dynamic: prefill and
+decode are the same graph. int8: onnxruntime dynamic quantization of MatMul
+/ Gemm weights (per channel), as for image models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import failure
+
+FORMAT = "onnx"
+SUFFIX = ".onnx"
+BACKEND = "ONNX (torch.onnx dynamo exporter)"
+
+log = logging.getLogger(__name__)
+
+
+def cache_names(n_layers: int) -> list[str]:
+    return [f"{kind}_cache_{i}" for i in range(n_layers) for kind in ("key", "value")]
+
+
+def _export_fp32(job: Any, dest: Path) -> None:
+    from ..llm_cache import CachedLM
+
+    wrapper = CachedLM(job.model, job.cache_len, "io")
+    ids, pos = job.example_inputs()
+    kv = wrapper.empty_cache()
+    names = cache_names(wrapper.num_layers)
+    tokens = torch.export.Dim("tokens", min=1, max=job.cache_len)
+    chatter = io.StringIO()  # the exporter prints progress to stdout; stdout is for JSON
+    with contextlib.redirect_stdout(chatter), torch.no_grad():
+        program = torch.onnx.export(
+            wrapper, (ids, pos, kv), dynamo=True, opset_version=int(job.config.onnx_opset),
+            input_names=["input_ids", "cache_position", *names],
+            output_names=["logits", *[f"present_{n}" for n in names]],
+            dynamic_shapes=({1: tokens}, {0: tokens}, [None] * len(kv)), verbose=False, external_data=False)
+        program.save(str(dest))
+    log.debug("torch.onnx: %s", chatter.getvalue())
+
+
+def _quantize(src: Path, dest: Path, tmp: Path) -> dict[str, Any]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = tmp / "pre.onnx"
+    quant_pre_process(str(src), str(pre))
+    quantize_dynamic(str(pre), str(dest), weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=["MatMul", "Gemm"])
+    return {"tool": "onnxruntime.quantization.quantize_dynamic", "scheme": "dynamic",
+            "weights": "int8 per-channel", "calibration_samples": 0}
+
+
+def export(job: Any, path: Path) -> dict[str, Any]:
+    import onnx
+
+    info: dict[str, Any] = {"delegation": {"applies": False, "reason": "ONNX Runtime assigns nodes to execution "
+                                                                  "providers when the session loads"}}
+    try:
+        if job.quantize == "none":
+            _export_fp32(job, path)
+        else:
+            with tempfile.TemporaryDirectory(prefix="pocketsize-onnx-") as tmp:
+                fp32 = Path(tmp) / "fp32.onnx"
+                _export_fp32(job, fp32)
+                info["quantization"] = _quantize(fp32, path, Path(tmp))
+    except Exception as e:
+        raise failure(BACKEND, e) from e
+    model = onnx.load(str(path), load_external_data=False)
+    info["opset"] = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    info["ir_version"] = int(model.ir_version)
+    info["ops"] = sorted({n.op_type for n in model.graph.node})
+    return info
+
+
+def stepper(path: Path, job: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """step(input_ids (1, T), cache_position (T,)) -> logits (1, T, V); the cache
+    outputs are fed back in, so the caller sees the same interface as the .pte."""
+    import numpy as np
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1  # steady and polite on shared cores
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()[2:]]
+    state = {i.name: np.zeros([int(d) for d in i.shape], dtype=np.float32) for i in sess.get_inputs()[2:]}
+
+    def step(ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        out = sess.run(None, {"input_ids": ids.numpy(), "cache_position": pos.numpy(), **state})
+        state.update(zip(names, out[1:]))
+        return torch.from_numpy(out[0]).float()
+
+    return step
