@@ -15,17 +15,15 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from . import failure
+from .onnx import BACKEND  # noqa: F401  (export.api names a failed artifact's backend by target.BACKEND)
 
 FORMAT = "onnx"
 SUFFIX = ".onnx"
-BACKEND = "ONNX (torch.onnx dynamo exporter)"
 
 log = logging.getLogger(__name__)
 
@@ -66,36 +64,18 @@ def _quantize(src: Path, dest: Path, tmp: Path) -> dict[str, Any]:
 
 
 def export(job: Any, path: Path) -> dict[str, Any]:
-    import onnx
+    from .onnx import export_with
 
-    info: dict[str, Any] = {"delegation": {"applies": False, "reason": "ONNX Runtime assigns nodes to execution "
-                                                                  "providers when the session loads"}}
-    try:
-        if job.quantize == "none":
-            _export_fp32(job, path)
-        else:
-            with tempfile.TemporaryDirectory(prefix="pocketsize-onnx-") as tmp:
-                fp32 = Path(tmp) / "fp32.onnx"
-                _export_fp32(job, fp32)
-                info["quantization"] = _quantize(fp32, path, Path(tmp))
-    except Exception as e:
-        raise failure(BACKEND, e) from e
-    model = onnx.load(str(path), load_external_data=False)
-    info["opset"] = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    info["ir_version"] = int(model.ir_version)
-    info["ops"] = sorted({n.op_type for n in model.graph.node})
-    return info
+    return export_with(job, path, _export_fp32, _quantize)
 
 
 def stepper(path: Path, job: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """step(input_ids (1, T), cache_position (T,)) -> logits (1, T, V); the cache
     outputs are fed back in, so the caller sees the same interface as the .pte."""
     import numpy as np
-    import onnxruntime as ort
+    from .onnx import cpu_session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1  # steady and polite on shared cores
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    sess = cpu_session(path)
     names = [i.name for i in sess.get_inputs()[2:]]
     state = {i.name: np.zeros([int(d) for d in i.shape], dtype=np.float32) for i in sess.get_inputs()[2:]}
 

@@ -11,7 +11,7 @@ import io
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -65,18 +65,25 @@ def _quantize(job: Job, src: Path, dest: Path, tmp: Path) -> dict[str, Any]:
 
 
 def export(job: Job, path: Path) -> dict[str, Any]:
+    return export_with(job, path, _export_fp32, lambda src, dest, tmp: _quantize(job, src, dest, tmp))
+
+
+def export_with(job: Any, path: Path, export_fp32: Callable[[Any, Path], None],
+                quantize: Callable[[Path, Path, Path], dict[str, Any]]) -> dict[str, Any]:
+    """The ONNX flow every model kind shares: fp32 export (then int8 through a
+    temporary fp32 file when asked), backend errors wrapped, graph facts recorded."""
     import onnx
 
     info: dict[str, Any] = {"delegation": {"applies": False, "reason": "ONNX Runtime assigns nodes to execution "
                                                                   "providers when the session loads"}}
     try:
         if job.quantize == "none":
-            _export_fp32(job, path)
+            export_fp32(job, path)
         else:
             with tempfile.TemporaryDirectory(prefix="pocketsize-onnx-") as tmp:
                 fp32 = Path(tmp) / "fp32.onnx"
-                _export_fp32(job, fp32)
-                info["quantization"] = _quantize(job, fp32, path, Path(tmp))
+                export_fp32(job, fp32)
+                info["quantization"] = quantize(fp32, path, Path(tmp))
     except Exception as e:
         raise failure(BACKEND, e) from e
     model = onnx.load(str(path), load_external_data=False)
@@ -86,12 +93,17 @@ def export(job: Job, path: Path) -> dict[str, Any]:
     return info
 
 
-def verify(path: Path, job: Job, inputs: torch.Tensor) -> Verified:
+def cpu_session(path: Path):
+    """One-thread CPU session: steady and polite on shared cores."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.intra_op_num_threads = 1  # steady and polite on shared cores
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def verify(path: Path, job: Job, inputs: torch.Tensor) -> Verified:
+    sess = cpu_session(path)
     name = sess.get_inputs()[0].name
     outs = [torch.from_numpy(sess.run(None, {name: inputs[i:i + 1].numpy()})[0]) for i in range(inputs.shape[0])]
     return Verified(outputs=torch.cat(outs).float(),
