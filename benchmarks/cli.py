@@ -29,8 +29,20 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="held-out samples to evaluate (default: all locally, 16 under emulation)")
     p.add_argument("--formats", help="comma-separated subset of executorch,onnx,coreml")
     p.add_argument("--seed", type=int, default=0, help="data split seed used by compress (default 0)")
+    add_lm_args(p)
     p.set_defaults(func=main)
     return p
+
+
+def add_lm_args(p: argparse.ArgumentParser) -> None:
+    """The generation shape of a language-model bench (shared with ``pocketsize run``)."""
+    from .config import BenchConfig
+
+    d = BenchConfig()
+    p.add_argument("--prompt-tokens", type=int, default=d.prompt_tokens, metavar="N",
+                   help=f"language models: tokens prefilled per timed generation (default {d.prompt_tokens})")
+    p.add_argument("--decode-tokens", type=int, default=d.decode_tokens, metavar="N",
+                   help=f"language models: tokens decoded one at a time after it (default {d.decode_tokens})")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -39,7 +51,8 @@ def main(args: argparse.Namespace) -> int:
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip()) if args.formats else None
     config = BenchConfig(warmup=args.warmup, iterations=args.iterations, min_duration_s=args.min_duration,
                          threads=args.threads, timeout_s=args.timeout, eval_samples=args.eval_samples,
-                         seed=args.seed, formats=formats)
+                         seed=args.seed, formats=formats, prompt_tokens=args.prompt_tokens,
+                         decode_tokens=args.decode_tokens)
     doc = run(args.artifact_dir, device=args.device, config=config, data=args.data, out_dir=args.out)
     for r in doc["results"]:
         st = r["latency_ms"]

@@ -54,6 +54,8 @@ def infer_variant(manifest: dict) -> str:
     v = manifest.get("variant")
     if v in VARIANTS:
         return v
+    if manifest.get("compression"):
+        return "compressed"
     src = str(manifest.get("source") or "")
     if src and (Path(src) / "pocketsize.json").exists():
         return "compressed"
@@ -163,7 +165,7 @@ def measure(device: Device, job: Job, res: dict, ev: EvalSet | None, work: Path,
             raise Unsupported(reason)
         if lm:
             res.update({k: None for k in LM_KEYS})
-            out = run_lm(job, work, lm, ev, config)
+            out = run_lm(device, job, work, lm, ev, config)
             fill_result(res, out, None, config, device.emulated)
             fill_lm(res, work / "out", out, ev, config)
         else:
@@ -258,20 +260,26 @@ def _run(sets, dev: Device, config: BenchConfig, data: Any, out: Path, write: bo
 
 # --- causal LMs ------------------------------------------------------------------------
 # The KV-cached decoders of export.llm: .pte through the native runner's decode
-# loop (et_runner.cpp --llm-prompt; its Python twin runner/llm_runner.py when
-# g++ is missing), .onnx through runner/llm_runner.py (ONNX Runtime's Python
-# API). Both on this host only for now.
+# loop (et_runner.cpp --llm-prompt), on this host, emulated ARM64 or an ssh
+# board (its Python twin runner/llm_runner.py on this host when g++ is
+# missing); .onnx through runner/llm_runner.py (ONNX Runtime's Python API) on
+# this host. The phone apps have no decode loop yet.
 
 LM_RUNNER = Path(__file__).resolve().parent / "runner" / "llm_runner.py"
 LM_KEYS = ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms", "llm")
+LM_NATIVE_DEVICES = ("local", "qemu-aarch64", "ssh")  # where et_runner's decode loop runs
 
 
 def lm_unsupported_reason(device: Device, fmt: str) -> str | None:
     if fmt not in ("executorch", "onnx"):
         return f"no {fmt} runner for language models; benchmark the .pte or .onnx"
+    if device.kind not in LM_NATIVE_DEVICES:
+        return (f"language-model artifacts are benchmarked on --device {', '.join(LM_NATIVE_DEVICES)} so far; "
+                "the phone apps have no decode loop yet")
     if device.kind != "local":
-        return ("language-model artifacts are benchmarked on --device local only so far; "
-                "run the bench on the target with pocketsize installed")
+        if fmt == "onnx":
+            return "the ONNX language-model runner is a host Python script; benchmark the .pte off this host"
+        return device.unsupported_reason(fmt)
     if fmt == "onnx":
         return device.unsupported_reason("onnx")
     import importlib.util
@@ -308,7 +316,8 @@ def prepare_lm_eval(data: Any, manifest: dict, folder: Path, config: BenchConfig
     return ev
 
 
-def run_lm(job: Job, work: Path, lm: dict, ev: EvalSet | None, config: BenchConfig) -> RunOutput:
+def run_lm(device: Device, job: Job, work: Path, lm: dict, ev: EvalSet | None, config: BenchConfig) -> RunOutput:
+    import dataclasses
     import shutil
     import sys
 
@@ -316,19 +325,15 @@ def run_lm(job: Job, work: Path, lm: dict, ev: EvalSet | None, config: BenchConf
 
     prompt = int(job.input_shape[1])
     decode = min(config.decode_tokens, int(lm["cache_len"]) - prompt)
-    args = job.runner_args(str(job.artifact), str(work / "out"))
-    if job.format == "executorch" and shutil.which("g++"):
-        from .runner.build import build_runner
-
-        argv = [str(build_runner().exe), *args, "--llm-prompt", str(prompt), "--llm-decode", str(decode),
-                "--llm-vocab", str(int(lm["vocab_size"]))]
-        if ev is not None:
-            argv += ["--llm-eval-len", str(ev.length)]  # type: ignore[attr-defined]
-        return run_job(argv, job, work, "ExecuTorch runner (LLM decode loop)")
-    argv = [sys.executable, str(LM_RUNNER), *args, "--format", job.format, "--prompt-tokens", str(prompt),
-            "--decode-tokens", str(decode), "--vocab", str(int(lm["vocab_size"]))]
-    if ev is not None:
-        argv += ["--eval-len", str(ev.length)]  # type: ignore[attr-defined]
+    eval_len = [] if ev is None else [str(ev.length)]  # type: ignore[attr-defined]
+    if job.format == "executorch" and (device.kind != "local" or shutil.which("g++")):
+        flags = ["--llm-prompt", str(prompt), "--llm-decode", str(decode), "--llm-vocab", str(int(lm["vocab_size"]))]
+        flags += ["--llm-eval-len", *eval_len] if eval_len else []
+        return device.run(dataclasses.replace(job, extra_args=tuple(flags)), work)
+    argv = [sys.executable, str(LM_RUNNER), *job.runner_args(str(job.artifact), str(work / "out")),
+            "--format", job.format, "--prompt-tokens", str(prompt), "--decode-tokens", str(decode),
+            "--vocab", str(int(lm["vocab_size"]))]
+    argv += ["--eval-len", *eval_len] if eval_len else []
     return run_job(argv, job, work, f"{job.format} LLM runner")
 
 

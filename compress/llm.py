@@ -20,7 +20,7 @@ import torch
 
 from pocketsize.errors import BadInput, TargetNotMet
 
-from .allocate import Budget
+from .allocate import Budget, min_reachable
 from .config import PruneConfig
 from .loading import Loaded
 from .methods import StepContext, get_method
@@ -78,23 +78,21 @@ def recover_lm(student: Loaded, teacher: Loaded | None, train: TextSplit, steps:
     return losses
 
 
-def _min_params(loaded: Loaded, cfg: PruneConfig) -> float:
-    """Smallest model the width-only allocation can reach (min heads and one
-    channel group per layer, every block kept)."""
-    b = Budget.of(loaded)
-    counts = [(min(h, cfg.min_heads), min(c, cfg.channel_multiple)) for h, c in zip(b.heads, b.chans)]
-    return b.params(counts)
-
-
 def _check_reachable(loaded: Loaded, cfg: PruneConfig, params_before: int) -> None:
-    if cfg.method == "block-influence" and cfg.allow_block_removal:
-        return  # whole layers can go
-    floor = _min_params(loaded, cfg) / params_before
+    """Bad input (the issue's "ratio that would remove every head of a layer"),
+    found before any scoring or training."""
+    removal = cfg.method == "block-influence" and cfg.allow_block_removal
+    floor = min_reachable(Budget.of(loaded), cfg.min_heads, cfg.channel_multiple, block_removal=removal)
+    floor /= params_before
     if cfg.ratio < floor - RATIO_TOLERANCE:
+        use = f"use --ratio {math.ceil(floor * 100) / 100:.2f} or more"
+        if removal:
+            raise BadInput(f"--ratio {cfg.ratio} is below what removing layers can reach: one layer left still "
+                           f"keeps {floor:.3f} of the parameters (embeddings included); {use}")
         least = f"{cfg.min_heads} KV group(s)" if cfg.min_heads == 1 or not cfg.extra.get("uniform") else "every head"
         raise BadInput(f"--ratio {cfg.ratio} would remove every attention head of some layers: keeping {least} and "
                        f"{cfg.channel_multiple} MLP channels per layer still leaves {floor:.3f} of the parameters; "
-                       f"use --ratio {math.ceil(floor * 100) / 100:.2f} or more, or --method block-influence")
+                       f"{use}, or --method block-influence")
 
 
 def _run_config(loaded: Loaded, cfg: PruneConfig) -> PruneConfig:

@@ -17,6 +17,15 @@ class Plan:
     heads: dict[int, list[int]] = field(default_factory=dict)
     channels: dict[int, list[int]] = field(default_factory=dict)
 
+    @classmethod
+    def of_widths(cls, widths: list[int]) -> "Plan":
+        """The plan that leaves block b with widths[2b] heads and widths[2b+1]
+        channels (the first ones: for timing, not for accuracy); a block at
+        (0, 0) is removed. ``widths`` is the flat ``kept`` list of a plan report."""
+        pairs = list(zip(widths[0::2], widths[1::2]))
+        keep = [b for b, (h, c) in enumerate(pairs) if h or c]
+        return cls(keep, {b: list(range(pairs[b][0])) for b in keep}, {b: list(range(pairs[b][1])) for b in keep})
+
     def to_dict(self) -> dict[str, Any]:
         return {"keep_blocks": self.keep_blocks,
                 "heads": {str(k): v for k, v in self.heads.items()},

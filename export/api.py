@@ -186,6 +186,7 @@ def _manifest(src: Source, config: ExportConfig, job: Job, example_out: torch.Te
     return {
         "format_version": MANIFEST_VERSION,
         "source": src.name,
+        "compression": src.meta.get("compress"),  # method/ratio/seed when the source was pruned by pocketsize
         "task": src.task,
         "family": src.meta.get("family"),
         "labels": src.meta.get("labels") or inputs.class_names,

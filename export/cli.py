@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="split / random-input seed (use compress's seed)")
     p.add_argument("--parity-samples", type=int, default=64, help="inputs each artifact is checked on")
     p.add_argument("--calib-samples", type=int, default=32, help="training images for static int8 calibration")
-    p.add_argument("--coreml-target", default="iOS17", help="Core ML minimum deployment target (default iOS17)")
+    p.add_argument("--coreml-target", default="iOS17",
+                   help="Core ML minimum deployment target (default iOS17; language models need and get iOS18)")
     p.add_argument("--no-xnnpack-rewrites", action="store_true",
                    help="export LayerNorm/attention as-is for ExecuTorch (less of the graph runs on XNNPACK)")
     p.set_defaults(func=handle, handler=handle)

@@ -154,7 +154,7 @@ def frozen(model: nn.Module) -> Iterator[None]:
 
 def export_lm(src: Source, out_dir: str | Path, config: ExportConfig, data: Any, t0: float) -> dict[str, Any]:
     """export.export for a causal LM (called by it; see the module doc)."""
-    from .api import export_one, raise_failures
+    from .api import _precision, export_one, raise_failures
     from .targets import get_target
 
     for key in config.targets:  # a format that cannot take LMs is bad input before minutes of work
@@ -171,11 +171,14 @@ def export_lm(src: Source, out_dir: str | Path, config: ExportConfig, data: Any,
     with frozen(model):
         job = LMJob(model, cache_len(model, config, p), config.quantize, config, prompt)
         tokens, ref = greedy_reference(model, prompt, n)
-        precision = "int8" if config.quantize == "int8" else "fp32"
 
         def check(target: Any, path: Path) -> dict[str, Any]:
-            return compare_lm(ref, stepped_logits(target.stepper(path, job), prompt, tokens), tokens, p,
-                              precision, config)
+            v = target.verify(path, job) if hasattr(target, "verify") else None  # structural checks (Core ML)
+            if v is not None and v.reason:  # its runtime is not on this host: nothing compared, never a fake pass
+                return _with_structure({"checked": False, "passed": None, "reason": v.reason,
+                                        "max_abs_diff": None, "top1_agreement": None}, v)
+            return _with_structure(compare_lm(ref, stepped_logits(target.stepper(path, job), prompt, tokens),
+                                              tokens, p, _precision(target.FORMAT, config), config), v)
 
         with atomic_dir(out_dir) as tmp:
             artifacts = [export_one(key, job, tmp, config, check, task="causal-lm") for key in config.targets]
@@ -184,6 +187,18 @@ def export_lm(src: Source, out_dir: str | Path, config: ExportConfig, data: Any,
             write_json(tmp / "manifest.json", manifest)
     raise_failures(artifacts, out_dir)
     return manifest
+
+
+def _with_structure(rec: dict[str, Any], v: Any) -> dict[str, Any]:
+    """A target's structural findings (targets.Verified or None) in its parity record; a mismatch fails it."""
+    if v is None:
+        return rec
+    if v.problems:
+        rec["passed"] = False
+        rec["reason"] = "; ".join(filter(None, [rec.get("reason"), *v.problems]))
+    if v.structure:
+        rec["structure"] = v.structure
+    return rec
 
 
 def _save_tokenizer(loaded: Any, tmp: Path) -> str | None:
@@ -205,6 +220,7 @@ def _manifest(src: Source, config: ExportConfig, job: LMJob, record: dict[str, A
     return {
         "format_version": MANIFEST_VERSION,
         "source": src.name,
+        "compression": src.meta.get("compress"),  # method/ratio/seed when the source was pruned by pocketsize
         "task": "causal-lm",
         "family": src.meta.get("family"),
         "preprocessing": src.preprocessing,
@@ -221,6 +237,8 @@ def _manifest(src: Source, config: ExportConfig, job: LMJob, record: dict[str, A
                               "program's mutable buffers (keep one loaded Method per conversation)",
                 "onnx": "(input_ids, cache_position, key_cache_i, value_cache_i...) -> (logits, present_key_cache_i, "
                         "present_value_cache_i...); start from zeros, feed present_* back each step",
+                "coreml": "forward(input_ids, cache_position) -> logits (int32 inputs, iOS18+); the KV cache is "
+                          "the model's states k_cache_i / v_cache_i (one MLState per conversation, zeroed first)",
             },
         },
         "parity_inputs": {**record, "new_tokens": len(tokens), "eager_tokens": tokens,

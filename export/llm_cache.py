@@ -11,6 +11,10 @@
   (``forward(ids, pos, [k_0, v_0, ...]) -> (logits, k_0, v_0, ...)``); the
   caller feeds each step's outputs back in (a decode loop over a fixed-size
   cache: the ONNX graph has no state).
+* ``mode="state"`` (Core ML): buffers as in ``"buffers"`` (they become the
+  model's Core ML states), but written with ``index_put_`` over explicit
+  (batch, head, position) indices: coremltools has no ``index_copy`` and
+  turns this form into one ``scatter_nd`` per cache.
 
 Why our own wrapper and not transformers' TorchExportableModuleForDecoderOnlyLM:
 its StaticCache sizes every layer from the config, but a pruned model may
@@ -41,20 +45,38 @@ def max_positions(model: nn.Module) -> int:
     return int(getattr(cfg, "max_position_embeddings", 0) or getattr(cfg, "n_positions", 0) or 0)
 
 
+def _scatter_index(pos: torch.Tensor, states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(batch, head, position) indices, each (1, heads, T), of new states (1, heads, T, d).
+
+    coremltools maps index_put only when every index is a tensor of one shape
+    (a ``:`` slice becomes a one-position write), so the batch and head indices
+    are spelled out; the batch index is ``pos * 0`` because an int64 ``zeros``
+    reaches coremltools as a float constant."""
+    heads, t = states.shape[1], states.shape[2]
+    p = pos.view(1, 1, t).expand(1, heads, t)
+    h = torch.arange(heads).view(1, heads, 1).expand(1, heads, t)
+    return p * 0, h, p
+
+
 def _make_cache(model: nn.Module, max_len: int) -> Any:
     from transformers.cache_utils import Cache, StaticLayer
 
     class _Layer(StaticLayer):
         """A StaticLayer whose write position is set from outside (cache_position)
-        and whose update is in place (buffers) or out of place (io)."""
+        and whose update is in place (buffers, state) or out of place (io)."""
 
         functional = False
+        scatter = False  # mode state: index_put_ (Core ML scatter_nd) instead of index_copy_
 
         write_pos: torch.Tensor  # the new tokens' cache_position, set by CachedLM.forward
 
         def update(self, key_states, value_states, *args, **kwargs):
             pos = self.write_pos  # one tensor for every layer: no per-layer arange/add in the graph
-            if self.functional:
+            if self.scatter:
+                idx = _scatter_index(pos, key_states)
+                self.keys.index_put_(idx, key_states)
+                self.values.index_put_(idx, value_states)
+            elif self.functional:
                 self.keys = self.keys.index_copy(2, pos, key_states)
                 self.values = self.values.index_copy(2, pos, value_states)
             else:
@@ -80,15 +102,16 @@ class CachedLM(nn.Module):
 
     def __init__(self, model: nn.Module, max_len: int, mode: str = "buffers"):
         super().__init__()
-        if mode not in ("buffers", "io"):
-            raise ValueError(f"mode {mode!r}: use 'buffers' or 'io'")
+        if mode not in ("buffers", "io", "state"):
+            raise ValueError(f"mode {mode!r}: use 'buffers', 'io' or 'state'")
         self.model = model.eval()
         self.max_len = int(max_len)
         self.mode = mode
         self.cache = _make_cache(model, self.max_len)
         for i, layer in enumerate(self.cache.layers):
             layer.functional = mode == "io"
-            if mode == "buffers":  # registered so torch.export sees them as mutable state
+            layer.scatter = mode == "state"
+            if mode != "io":  # registered so torch.export sees them as mutable state
                 self.register_buffer(f"k_cache_{i}", layer.keys, persistent=False)
                 self.register_buffer(f"v_cache_{i}", layer.values, persistent=False)
         self.eval()  # a wrapper left in training mode makes exporters warn (the model itself is eval)
@@ -102,7 +125,7 @@ class CachedLM(nn.Module):
         return [torch.zeros_like(t) for layer in self.cache.layers for t in (layer.keys, layer.values)]
 
     def reset(self) -> None:
-        """Zero the in-place cache (mode buffers; eager use only)."""
+        """Zero the in-place cache (modes buffers and state; eager use only)."""
         for buf in self.buffers():
             buf.zero_()
 
@@ -117,6 +140,6 @@ class CachedLM(nn.Module):
             layer.write_pos = cache_position
         out = self.model(input_ids=input_ids, position_ids=cache_position.unsqueeze(0), cache=self.cache,
                          use_cache=True)
-        if self.mode == "buffers":
+        if self.mode != "io":
             return out.logits
         return (out.logits, *[t for layer in self.cache.layers for t in (layer.keys, layer.values)])

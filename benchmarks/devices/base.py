@@ -86,6 +86,7 @@ class Job:
     timeout_s: float
     eval_input: Path | None = None  # raw float32, eval_count * prod(input_shape) values
     eval_count: int = 0
+    extra_args: tuple[str, ...] = ()  # mode flags every runner copy accepts (the LLM decode loop's)
 
     def runner_args(self, model: str, out_dir: str, eval_input: str | None = None) -> list[str]:
         """The runner's argv after the executable, with device-side paths.
@@ -100,7 +101,7 @@ class Job:
         if self.eval_input is not None and self.eval_count > 0:
             args += ["--eval-input", eval_input or str(self.eval_input),
                      "--eval-count", str(self.eval_count)]
-        return args
+        return args + list(self.extra_args)
 
 
 @dataclasses.dataclass

@@ -1,7 +1,8 @@
 """hei against the baselines of METHOD.md, same model, data, size and budget.
 
-    python -m benchmarks.suites.methods --out docs/results.md            # the full table
+    python -m benchmarks.suites.methods --out docs/results.md            # the full tables
     python -m benchmarks.suites.methods --quick --out /tmp/results.md    # minutes, what CI runs
+    python -m benchmarks.suites.methods --task llm --out docs/results.md # only the language-model rows
 
 Each (user, seed) personalizes the model once; every method then prunes a
 copy of that same personalized model with the same recovery budget. Rows are
@@ -15,6 +16,8 @@ other Fashion-MNIST classes as the generic reference data). ``--torch-device
 cuda --jobs 8`` runs the prunes in parallel worker processes on a GPU;
 ``--latency`` then exports one artifact per distinct architecture and times
 it on this host (a separate pass, so parallel pruning never disturbs timing).
+The language-model rows (SmolLM2-135M on two users' text) are in
+``benchmarks.suites.llm``; they share this driver, its rows file and its output.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+
+from benchmarks.suites import llm
 
 SUBSETS = {  # Fashion-MNIST classes: two different "users"
     "A (T-shirt/Trouser/Sandal/Boot)": (0, 1, 5, 9),
@@ -118,10 +123,10 @@ def run_job(job: dict) -> dict:
     import traceback
 
     try:
-        return _prune_row(job)
+        return llm.prune_row(job) if job.get("task") == "llm" else _prune_row(job)
     except Exception as e:  # noqa: BLE001 - reported by the driver, never rendered as a result
         return {**{k: job[k] for k in ("subset", "seed", "ratio", "buffer")}, "method": job["spec"],
-                "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+                "task": job.get("task"), "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
 
 
 def _prune_row(job: dict) -> dict:
@@ -144,12 +149,12 @@ def _prune_row(job: dict) -> dict:
             "val_before": r["val_before"], "val_after": r["val_after"],
             "params_ratio": r["params_ratio"], "macs_ratio": r["macs_after"] / r["macs_before"],
             "seconds": round(time.time() - t, 1), "device": cfg.device, "weights": job.get("round") or "fp32",
-            "host": _host(cfg.device), "cmd": job.get("cmd", ""),
+            "host": host(cfg.device), "cmd": job.get("cmd", ""),
             "kinds": {k: sum(u["kind"] == k for u in pruned.plan["units"]) for k in ("personalized", "common")},
             "widths": [u["kept"] for u in pruned.plan["units"]]}
 
 
-def _host(device: str) -> str:
+def host(device: str) -> str:
     import os
 
     import torch
@@ -173,10 +178,7 @@ def _architecture(widths: list[int] | None, labels: int):
     loaded.meta["labels"] = names
     if widths is None:
         return loaded
-    pairs = list(zip(widths[0::2], widths[1::2]))
-    keep = [b for b, (h, c) in enumerate(pairs) if h or c]
-    apply_plan(loaded, Plan(keep, {b: list(range(pairs[b][0])) for b in keep},
-                            {b: list(range(pairs[b][1])) for b in keep}))
+    apply_plan(loaded, Plan.of_widths(widths))
     return loaded
 
 
@@ -203,7 +205,7 @@ def add_latency(rows: list[dict], subsets) -> None:
     """Fill ``p50_ms`` for every distinct architecture among the seed-0,
     buffer-on rows of the main methods of ``subsets``, and for the unpruned
     model (a row of method ``unpruned``)."""
-    todo = [r for r in rows if r["seed"] == 0 and r["method"] in METHODS and r["buffer"] and r["subset"] in subsets]
+    todo = [r for r in rows if r.get("task") != "llm" and r["seed"] == 0 and r["method"] in METHODS and r["buffer"] and r["subset"] in subsets]
     seen = {tuple(r["widths"]): r["p50_ms"] for r in todo if r.get("p50_ms")}
     for r in todo:
         key = tuple(r["widths"])
@@ -211,7 +213,7 @@ def add_latency(rows: list[dict], subsets) -> None:
             print(f"latency: {r['method']} keep {r['ratio']:.2f} ...", file=sys.stderr, flush=True)
             seen[key] = _latency(r["widths"], 4)
         r["p50_ms"] = seen[key]
-    if seen and not any(r["method"] == "unpruned" for r in rows):
+    if seen and not any(r["method"] == "unpruned" and r.get("task") != "llm" for r in rows):
         rows.append({"subset": "-", "method": "unpruned", "ratio": 1.0, "seed": 0, "buffer": True,
                      "params_ratio": 1.0, "macs_ratio": 1.0, "widths": None, "p50_ms": _latency(None, 4)})
 
@@ -260,6 +262,8 @@ def _verdict(sub: list[dict], ratios) -> list[str]:
 
 
 def render(rows: list[dict], args) -> str:
+    lm_rows = [r for r in rows if r.get("task") == "llm"]
+    rows = [r for r in rows if r.get("task") != "llm"]
     lines = ["# Results", "",
              "Model: zoo:dinov2-small (DINOv2 ViT-S/14, 112 px). Data: Fashion-MNIST subsets as two users;",
              f"{args.per_class} images per class, split 50/15/35 train/val/held-out test (seeded per seed).",
@@ -301,12 +305,23 @@ def render(rows: list[dict], args) -> str:
             lines.append(f"| {r['subset'][:1]} | {r['method']} | {r['ratio']:.2f} | {r['params_ratio']:.3f} | "
                          f"{r['macs_ratio']:.3f} | {p.get('onnx', float('nan')):.2f} | {p.get('executorch', float('nan')):.2f} |")
         lines.append("")
+    lines += llm.render(lm_rows)
     return "\n".join(lines) + "\n"
 
 
 # --- driver -----------------------------------------------------------------------
 
+def _llm_jobs(args, base) -> list[dict]:
+    specs = [m for m in args.llm_methods.split(",") if m]
+    return [{"task": "llm", "subset": llm.subset_name(c), "seed": seed, "spec": spec, "ratio": ratio, "buffer": True,
+             "threads": args.threads, "base": base, "cmd": " ".join(args.argv)}
+            for seed in range(args.llm_seeds) for c in llm.CORPORA[: args.llm_corpora]
+            for ratio in (float(x) for x in args.llm_ratios.split(",")) for spec in specs]
+
+
 def _jobs(args, base) -> list[dict]:
+    if args.task == "llm":
+        return []
     specs = [m for m in args.methods.split(",") if m]
     for s in specs:
         parse_spec(s)  # fail early on a bad spec
@@ -321,6 +336,10 @@ def _jobs(args, base) -> list[dict]:
                                      "per_class": args.per_class, "threads": args.threads, "base": base,
                                      "round": args.round_weights, "cmd": " ".join(args.argv)})
     return jobs
+
+
+def _who(row: dict) -> str:
+    return row["subset"] if row.get("task") == "llm" else row["subset"][:1]
 
 
 def _key(r: dict) -> tuple:
@@ -346,11 +365,22 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker (default: cores / jobs)")
     p.add_argument("--round-weights", choices=("fp16", "bf16"), default=None,
                    help="round the pretrained weights through this precision first (same model on every machine)")
+    lm = p.add_argument_group("language-model rows (benchmarks.suites.llm)")
+    lm.add_argument("--task", choices=("all", "image", "llm"), default=None,
+                    help="which rows to run (default: all; image with --quick)")
+    lm.add_argument("--llm-methods", default=",".join(llm.METHODS))
+    lm.add_argument("--llm-ratios", default=llm.RATIOS)
+    lm.add_argument("--llm-seeds", type=int, default=1)
+    lm.add_argument("--llm-corpora", type=int, default=2, help="how many of the users' text corpora to run")
+    lm.add_argument("--llm-recovery-steps", type=int, default=llm.BUDGET["recovery_steps"])
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.task = args.task or ("image" if args.quick else "all")
     if args.quick:
         args.seeds, args.ratios, args.subsets, args.per_class = 1, "0.5", 1, 40
         args.methods, args.recovery_steps = "hei,activation,random", 4
+        args.llm_seeds, args.llm_ratios, args.llm_corpora, args.llm_recovery_steps = 1, "0.7", 1, 2
+        args.llm_methods = "hei,activation"
 
     import os
 
@@ -368,9 +398,15 @@ def main(argv=None) -> int:
     if args.render_only:
         out.write_text(render(rows, args))
         return 0
-    jobs = [j for j in _jobs(args, base_d)
+    lm_base = {**base_d, **llm.BUDGET, "recovery_steps": args.llm_recovery_steps}
+    if args.quick:  # minutes on 2 cores: short chunks make every forward pass 4x cheaper
+        lm_base.update(calib_samples=8, extra={"seq_len": 32, "lm_batch_size": 4})
+    jobs = [j for j in _jobs(args, base_d) + (_llm_jobs(args, lm_base) if args.task != "image" else [])
             if (j["subset"], j["seed"], j["spec"], j["ratio"], j["buffer"]) not in done]
-    for subset in list(SUBSETS)[: args.subsets]:  # build the data sets once, before any worker starts
+    for j in jobs:  # the users' text, before any worker starts (fails early without fortunes)
+        if j.get("task") == "llm":
+            llm.corpus_file(j["subset"].split("/", 1)[1])
+    for subset in list(SUBSETS)[: args.subsets] if args.task != "llm" else []:  # the image sets, likewise
         _user_folder(SUBSETS[subset], args.per_class)
         if any("generic" in j["spec"] for j in jobs):
             _user_folder(_generic_classes(SUBSETS[subset]), GENERIC_PER_CLASS)
@@ -380,13 +416,13 @@ def main(argv=None) -> int:
     def finished(row: dict) -> None:
         if "error" in row:
             failed.append(row)
-            print(f"FAILED {row['subset'][:1]} seed {row['seed']} {row['method']} keep {row['ratio']:.2f}: "
+            print(f"FAILED {_who(row)} seed {row['seed']} {row['method']} keep {row['ratio']:.2f}: "
                   f"{row['error']}\n{row['traceback']}", file=sys.stderr, flush=True)
             return
         rows.append(row)
         with rows_file.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        print(f"{row['subset'][:1]} seed {row['seed']} {row['method']:<24} keep {row['ratio']:.2f} "
+        print(f"{_who(row)} seed {row['seed']} {row['method']:<24} keep {row['ratio']:.2f} "
               f"buffer {row['buffer']}: {row['before']:.4f} -> {row['after']:.4f} ({row['seconds']} s)",
               file=sys.stderr, flush=True)
         out.write_text(render(rows, args))
@@ -403,7 +439,10 @@ def main(argv=None) -> int:
         for j in jobs:
             finished(run_job(j))
     if args.latency:
-        add_latency(rows, list(SUBSETS)[: args.subsets])
+        if args.task != "llm":
+            add_latency(rows, list(SUBSETS)[: args.subsets])
+        if args.task != "image":
+            llm.add_decode_speed(rows, [llm.subset_name(c) for c in llm.CORPORA[: args.llm_corpora]])
         rows_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out.write_text(render(rows, args))
     return 1 if failed else 0

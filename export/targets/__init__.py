@@ -27,6 +27,7 @@ _TARGETS: dict[str, str] = {
 _LM_TARGETS: dict[str, str] = {
     "executorch": "export.targets.llm_executorch",
     "onnx": "export.targets.llm_onnx",
+    "coreml": "export.targets.llm_coreml",
 }
 
 

@@ -7,10 +7,11 @@ not checked, with the reason: never a fake pass.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -30,27 +31,57 @@ def _can_predict() -> bool:
     return platform.system() == "Darwin"
 
 
-def export(job: Job, path: Path) -> dict[str, Any]:
-    # coremltools logs every graph pass at INFO and warns about untested torch
-    # versions and its missing macOS runtime at import; keep stderr readable
+@contextlib.contextmanager
+def quiet_coremltools() -> Iterator[None]:
+    """coremltools logs every graph pass at INFO and warns about untested torch
+    versions and its missing macOS runtime at import; keep stderr readable."""
     quiet = logging.getLogger("coremltools")
     old = quiet.level
     quiet.setLevel(logging.ERROR)  # incl. import-time version warnings on Linux
     try:
-        return _export(job, path)
+        yield
     finally:
         quiet.setLevel(old)
+
+
+def deployment_target(name: str) -> Any:
+    """``ct.target.<name>``; BadInput listing the names this coremltools knows."""
+    import coremltools as ct
+
+    target = getattr(ct.target, name, None)
+    if target is None:
+        valid = [t for t in dir(ct.target) if not t.startswith("_")]
+        raise BadInput(f"coreml_target {name!r} is unknown to coremltools {ct.__version__}; "
+                       f"valid: {', '.join(valid)}")
+    return target
+
+
+def compute_precision(config: Any) -> Any:
+    import coremltools as ct
+
+    return ct.precision.FLOAT16 if config.coreml_precision == "fp16" else ct.precision.FLOAT32
+
+
+def quantize_int8(ml: Any) -> tuple[Any, dict[str, Any]]:
+    """Weight-only int8 (symmetric, per output channel) of a converted mlprogram."""
+    from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
+
+    cfg = OptimizationConfig(global_config=OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8"))
+    return linear_quantize_weights(ml, config=cfg), {
+        "tool": "coremltools.optimize.coreml.linear_quantize_weights", "scheme": "weight-only",
+        "weights": "int8 symmetric per-channel", "calibration_samples": 0}
+
+
+def export(job: Job, path: Path) -> dict[str, Any]:
+    with quiet_coremltools():
+        return _export(job, path)
 
 
 def _export(job: Job, path: Path) -> dict[str, Any]:
     import coremltools as ct
 
-    target = getattr(ct.target, job.config.coreml_target, None)
-    if target is None:
-        valid = [t for t in dir(ct.target) if not t.startswith("_")]
-        raise BadInput(f"coreml_target {job.config.coreml_target!r} is unknown to coremltools {ct.__version__}; "
-                       f"valid: {', '.join(valid)}")
-    precision = ct.precision.FLOAT16 if job.config.coreml_precision == "fp16" else ct.precision.FLOAT32
+    target = deployment_target(job.config.coreml_target)
+    precision = compute_precision(job.config)
     try:
         ep = torch.export.export(job.module, (job.example,)).run_decompositions({})
         ml = ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=target, compute_precision=precision,
@@ -61,13 +92,7 @@ def _export(job: Job, path: Path) -> dict[str, Any]:
                                 "deployment_target": job.config.coreml_target,
                                 "compute_precision": job.config.coreml_precision}
         if job.quantize == "int8":
-            from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
-
-            cfg = OptimizationConfig(global_config=OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8"))
-            ml = linear_quantize_weights(ml, config=cfg)
-            info["quantization"] = {"tool": "coremltools.optimize.coreml.linear_quantize_weights",
-                                    "scheme": "weight-only", "weights": "int8 symmetric per-channel",
-                                    "calibration_samples": 0}
+            ml, info["quantization"] = quantize_int8(ml)
         ml.save(str(path))
     except BadInput:
         raise
@@ -76,7 +101,7 @@ def _export(job: Job, path: Path) -> dict[str, Any]:
     return info
 
 
-def _structure(path: Path) -> dict[str, Any]:
+def structure_of(path: Path) -> dict[str, Any]:
     import coremltools as ct
 
     spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
@@ -94,7 +119,7 @@ def _structure(path: Path) -> dict[str, Any]:
 
 
 def verify(path: Path, job: Job, inputs: torch.Tensor) -> Verified:
-    structure = _structure(path)
+    structure = structure_of(path)
     problems = []
     want_in = {"name": job.input_name, "shape": list(job.example.shape)}
     if structure["inputs"] != [want_in]:
