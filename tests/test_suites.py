@@ -106,3 +106,23 @@ def test_render_llm_rows_lower_perplexity_wins_and_decode_speed_table():
     assert "- keep 0.70: hei 90.0 vs best baseline activation 100.0 (hei lower, -10.0%)" in lm
     assert "| fortunes/x | hei | 0.70 | 0.700 | 90.0 | 40.0 | 41.5 |" in lm
     assert "| - | unpruned | 1.00 | 1.000 | - | 30.0 | 30.5 |" in lm
+
+
+def test_decode_speed_pass_times_each_architecture_once(monkeypatch):
+    from benchmarks.suites import llm
+
+    timed = []
+    monkeypatch.setattr(llm, "decode_speed", lambda w, formats: timed.append(w) or {"onnx": 10.0 + len(timed)})
+    same = [3, 1152] * 2  # a uniform architecture: the same for both users
+    rows = [_lm_row("magnitude", 0.85, 0, 1e4, subset="fortunes/a", widths=same),
+            _lm_row("activation", 0.85, 0, 90.0, subset="fortunes/a", widths=same),
+            _lm_row("activation", 0.85, 0, 95.0, subset="fortunes/b", widths=same),
+            _lm_row("hei", 0.85, 0, 80.0, subset="fortunes/b", widths=[3, 1536, 2, 768]),
+            _lm_row("hei", 0.85, 1, 80.0, subset="fortunes/b", widths=[3, 1536, 1, 768])]  # seed 1: not timed
+    saves = []
+    llm.add_decode_speed(rows, ["fortunes/a"], save=lambda: saves.append(1))
+    assert timed == [same, None] and rows[1]["decode_tok_s"] == rows[0]["decode_tok_s"] == {"onnx": 11.0}
+    assert rows[-1]["method"] == "unpruned" and rows[-1]["decode_tok_s"] == {"onnx": 12.0} and len(saves) == 2
+    llm.add_decode_speed(rows, ["fortunes/a", "fortunes/b"])  # user b: only hei's architecture is new
+    assert timed == [same, None, [3, 1536, 2, 768]] and rows[2]["decode_tok_s"] == {"onnx": 11.0}
+    assert "decode_tok_s" not in rows[4]

@@ -145,20 +145,27 @@ def decode_speed(flat: list[int] | None, formats=DECODE_FORMATS) -> dict:
     return out
 
 
-def add_decode_speed(rows: list[dict], subsets, formats=DECODE_FORMATS) -> None:
-    """``decode_tok_s`` for the seed-0 buffer-on rows of ``subsets`` and the unpruned model."""
+def add_decode_speed(rows: list[dict], subsets, formats=DECODE_FORMATS, save=lambda: None) -> None:
+    """``decode_tok_s`` for the seed-0 buffer-on rows of ``subsets`` and the unpruned model;
+    ``save()`` after each export (a stopped pass keeps what it timed)."""
     todo = [r for r in rows if r.get("task") == "llm" and r["seed"] == 0 and r["buffer"] and r["subset"] in subsets
             and r["method"] in METHODS]
-    seen = {tuple(r["widths"]): r["decode_tok_s"] for r in todo if r.get("decode_tok_s")}
+    # an architecture timed for one user (uniform methods give every user the same) is not timed again
+    seen = {tuple(r["widths"]): r["decode_tok_s"] for r in rows
+            if r.get("task") == "llm" and r.get("widths") and r.get("decode_tok_s")}
     for r in todo:
         key = tuple(r["widths"])
         if key not in seen:
             print(f"decode speed: {r['subset']} {r['method']} keep {r['ratio']:.2f} ...", file=sys.stderr, flush=True)
             seen[key] = decode_speed(r["widths"], formats)
+            r["decode_tok_s"] = seen[key]
+            save()
         r["decode_tok_s"] = seen[key]
     if seen and not any(r.get("task") == "llm" and r["method"] == "unpruned" for r in rows):
+        print("decode speed: unpruned ...", file=sys.stderr, flush=True)
         rows.append({"task": "llm", "subset": "-", "method": "unpruned", "ratio": 1.0, "seed": 0, "buffer": True,
                      "params_ratio": 1.0, "widths": None, "decode_tok_s": decode_speed(None, formats)})
+        save()
 
 
 # --- rendering --------------------------------------------------------------------
@@ -206,7 +213,8 @@ def render(rows: list[dict]) -> list[str]:
         fmts = [f for f in ("onnx", "executorch") if any(f in r["decode_tok_s"] for r in speed)]
         names = {"onnx": "ONNX Runtime", "executorch": "ExecuTorch"}
         lines += ["### Decode speed", "",
-                  f"Measured decode tokens/s of the exported fp32 artifacts ({PROMPT_TOKENS}-token prompt, then "
+                  "`python -m benchmarks.suites.methods --task llm --resume --latency --out docs/results.md`: "
+                  f"measured decode tokens/s of the exported fp32 artifacts ({PROMPT_TOKENS}-token prompt, then "
                   f"{DECODE_TOKENS} tokens one at a time; 1 thread, this host; seed 0, one export per distinct "
                   "architecture). Perplexity is the seed-0 held-out value.", "",
                   "| user | method | keep | params ratio | perplexity | "

@@ -439,11 +439,16 @@ def main(argv=None) -> int:
         for j in jobs:
             finished(run_job(j))
     if args.latency:
+        def save() -> None:
+            tmp = rows_file.with_suffix(".part")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            tmp.replace(rows_file)
+
         if args.task != "llm":
             add_latency(rows, list(SUBSETS)[: args.subsets])
         if args.task != "image":
-            llm.add_decode_speed(rows, [llm.subset_name(c) for c in llm.CORPORA[: args.llm_corpora]])
-        rows_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            llm.add_decode_speed(rows, [llm.subset_name(c) for c in llm.CORPORA[: args.llm_corpora]], save=save)
+        save()
     out.write_text(render(rows, args))
     return 1 if failed else 0
 
