@@ -1,7 +1,7 @@
 """Causal-LM benchmark runner (ExecuTorch .pte or ONNX) speaking the runner protocol.
 
-Standalone on purpose (numpy + executorch.runtime or onnxruntime; no pocketsize
-import). The artifacts are the KV-cached decoders of export.llm:
+Standalone on purpose (numpy + executorch.runtime or onnxruntime, and its
+sibling ort_runner.py; no pocketsize import). The artifacts are the KV-cached decoders of export.llm:
 ``(input_ids (1, T), cache_position (T,)) -> logits`` (.pte, cache in the
 program) or with the cache as inputs/outputs (.onnx, fed back each step).
 
@@ -20,10 +20,11 @@ of float32 ``(nll_sum, predicted_tokens)``.
 """
 
 import argparse
-import json
 import os
-import shutil
 import time
+
+# the sibling ONNX runner's session and closing files (this script runs from its folder, on this host)
+from ort_runner import cpu_session, finish
 
 
 def _log_softmax_nll(logits, ids):
@@ -63,10 +64,7 @@ def _onnx(path, threads):
     import numpy as np
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    sess = cpu_session(path, threads)
     cache = sess.get_inputs()[2:]
     names = [i.name for i in cache]
     state = {i.name: np.zeros([int(d) for d in i.shape], dtype=np.float32) for i in cache}
@@ -143,18 +141,11 @@ def main(argv=None):
             rows.append(_log_softmax_nll(logits, ids[0]))
         np.asarray(rows, dtype="<f4").tofile(os.path.join(a.out_dir, "eval_outputs.bin"))
 
-    for src, dst in (("/proc/self/status", "status.txt"), ("/proc/self/smaps_rollup", "smaps_rollup.txt")):
-        if os.path.exists(src):
-            shutil.copyfile(src, os.path.join(a.out_dir, dst))
-    report = {"runtime": runtime, "runtime_version": version, "load_ms": load_ms, "first_inference_ms": first_ms,
+    finish(a.out_dir, {"runtime": runtime, "runtime_version": version, "load_ms": load_ms, "first_inference_ms": first_ms,
               "output_shape": [1, a.prompt_tokens, a.vocab], "eval_count": a.eval_count, "threads": a.threads,
               "llm": {"prompt_tokens": a.prompt_tokens, "decode_tokens": a.decode_tokens, "generations": i},
               "notes": [f"{runtime} Python runtime; memory includes the Python interpreter that hosts it",
-                        "first_inference_ms is the cold prefill of the prompt"]}
-    tmp = os.path.join(a.out_dir, "report.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(report, f)
-    os.replace(tmp, os.path.join(a.out_dir, "report.json"))
+                        "first_inference_ms is the cold prefill of the prompt"]})
     return 0
 
 

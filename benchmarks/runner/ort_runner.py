@@ -15,6 +15,27 @@ import shutil
 import time
 
 
+def cpu_session(path, threads):
+    """An ONNX Runtime CPU session on ``threads`` intra-op threads (one inter-op)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def finish(out_dir, report):
+    """The protocol's closing files: this process's /proc memory snapshots and report.json (atomically)."""
+    for src, dst in (("/proc/self/status", "status.txt"), ("/proc/self/smaps_rollup", "smaps_rollup.txt")):
+        if os.path.exists(src):
+            shutil.copyfile(src, os.path.join(out_dir, dst))
+    tmp = os.path.join(out_dir, "report.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(report, f)
+    os.replace(tmp, os.path.join(out_dir, "report.json"))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("model")
@@ -31,10 +52,7 @@ def main(argv=None):
     import onnxruntime as ort
 
     t0 = time.perf_counter()
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = a.threads
-    so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(a.model, so, providers=["CPUExecutionProvider"])
+    sess = cpu_session(a.model, a.threads)
     load_ms = (time.perf_counter() - t0) * 1e3
 
     inp = sess.get_inputs()[0]
@@ -65,17 +83,10 @@ def main(argv=None):
                 y = sess.run(None, {inp.name: data[k:k + 1]})[0]
                 f.write(np.ascontiguousarray(y, dtype="<f4").tobytes())
 
-    for src, dst in (("/proc/self/status", "status.txt"), ("/proc/self/smaps_rollup", "smaps_rollup.txt")):
-        if os.path.exists(src):
-            shutil.copyfile(src, os.path.join(a.out_dir, dst))
-    report = {"runtime": "onnxruntime", "runtime_version": ort.__version__, "load_ms": load_ms,
-              "first_inference_ms": first_ms, "output_shape": list(out.shape),
-              "eval_count": a.eval_count, "threads": a.threads,
-              "notes": ["memory includes the Python interpreter that hosts ONNX Runtime"]}
-    tmp = os.path.join(a.out_dir, "report.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(report, f)
-    os.replace(tmp, os.path.join(a.out_dir, "report.json"))
+    finish(a.out_dir, {"runtime": "onnxruntime", "runtime_version": ort.__version__, "load_ms": load_ms,
+                       "first_inference_ms": first_ms, "output_shape": list(out.shape),
+                       "eval_count": a.eval_count, "threads": a.threads,
+                       "notes": ["memory includes the Python interpreter that hosts ONNX Runtime"]})
     return 0
 
 

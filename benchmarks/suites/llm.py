@@ -4,8 +4,8 @@ zoo:smollm2-135m pruned for two "users", each a category of Debian's
 ``fortunes`` package (one person's quotes file), by hei and the baselines
 of the LLM issue, at the same recovery budget. The metric is held-out
 perplexity on the user's own text; decode tokens/s is measured on the
-exported ONNX and ExecuTorch artifacts of every distinct architecture
-(``--latency``), one token at a time after a fixed prompt.
+exported artifact (ONNX by default, see DECODE_FORMATS) of every distinct
+architecture (``--latency``), one token at a time after a fixed prompt.
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ PROMPT_TOKENS, DECODE_TOKENS = 32, 64
 # of SmolLM2 (8 x 128 tokens, LM loss + KL from the teacher) takes ~10 s and
 # one validation perplexity ~10 s, so the 24-prune grid at the CLI's defaults
 # (30 steps, 3 pruning steps, 64 calibration chunks: ~7.5 min a prune) does
-# not fit a working session; this smaller, equal budget does (~4 min).
+# not fit a working session; this smaller, equal budget does (165-200 s a
+# prune measured with free cores).
 BUDGET = {"recovery_steps": 12, "steps": 2, "calib_samples": 32}
 # Decode speed is timed on the ONNX export by default: exporting SmolLM2 took
 # 151 s to .onnx and 474 s to .pte here (2 busy cores), too long for one
-# export per architecture; the unpruned model's .pte and .onnx decode rates
-# were measured side by side (docs/results.md) to relate the two.
+# export per architecture. One `pocketsize run` timed both side by side
+# (README, Language models): within 5% of each other, unpruned and pruned.
 DECODE_FORMATS = ("onnx",)
 
 
@@ -79,27 +80,20 @@ def _data(corpus: str, seed: int, seq_len: int):
     return _CACHE[key]
 
 
-def widths(plan: dict) -> list[int]:
-    """Kept units per original block, flat (kv groups, MLP channels, ...); a
-    removed block keeps 0 of each."""
-    return [u["kept"] for u in plan["units"]]
-
-
 def prune_row(job: dict) -> dict:
     import torch
 
     import compress
-    from benchmarks.suites.methods import host
+    from benchmarks.suites.methods import host, plan_widths
     from compress.llm import prune_lm
+    from compress.text import SEQ_LEN
 
     torch.set_num_threads(job["threads"])
-    corpus = job["subset"].split("/", 1)[1]
     base = compress.PruneConfig(**job["base"])
     cfg = replace(base, method=job["spec"], ratio=job["ratio"], seed=job["seed"], buffer=job["buffer"])
     t = time.time()
-    from compress.text import SEQ_LEN
-
-    pruned = prune_lm(copy.deepcopy(_model()), _data(corpus, job["seed"], int(cfg.extra.get("seq_len", SEQ_LEN))), cfg)
+    data = _data(job["corpus"], job["seed"], int(cfg.extra.get("seq_len", SEQ_LEN)))
+    pruned = prune_lm(copy.deepcopy(_model()), data, cfg)
     r = pruned.report
     return {"task": "llm", "subset": job["subset"], "method": job["spec"], "ratio": cfg.ratio, "seed": cfg.seed,
             "buffer": cfg.buffer, "recovery_steps": cfg.recovery_steps, "steps": cfg.steps,
@@ -107,13 +101,13 @@ def prune_row(job: dict) -> dict:
             "before": r["before"], "after": r["after"], "val_before": r["val_before"], "val_after": r["val_after"],
             "params_ratio": r["params_ratio"], "macs_ratio": r["macs_after"] / r["macs_before"],
             "seconds": round(time.time() - t, 1), "device": cfg.device, "weights": "gguf q4_1 -> fp32",
-            "host": host(cfg.device), "cmd": job.get("cmd", ""), "widths": widths(pruned.plan)}
+            "host": host(cfg.device), "cmd": job.get("cmd", ""), "widths": plan_widths(pruned.plan)}
 
 
 # --- decode speed: one export per distinct architecture ---------------------------
 
 def architecture(flat: list[int] | None):
-    """SmolLM2 cut to ``flat`` (see ``widths``); weights do not change timing."""
+    """SmolLM2 cut to ``flat`` (see ``methods.plan_widths``); weights do not change timing."""
     from compress.plan import Plan, apply_plan
 
     loaded = copy.deepcopy(_model())
@@ -160,12 +154,13 @@ def add_decode_speed(rows: list[dict], subsets, formats=DECODE_FORMATS, save=lam
             if r.get("task") == "llm" and r.get("widths") and r.get("decode_tok_s")}
     for r in todo:
         key = tuple(r["widths"])
-        if key not in seen:
+        new = key not in seen
+        if new:
             print(f"decode speed: {r['subset']} {r['method']} keep {r['ratio']:.2f} ...", file=sys.stderr, flush=True)
             seen[key] = decode_speed(r["widths"], formats)
-            r["decode_tok_s"] = seen[key]
-            save()
         r["decode_tok_s"] = seen[key]
+        if new:
+            save()
     if seen and not any(r.get("task") == "llm" and r["method"] == "unpruned" for r in rows):
         print("decode speed: unpruned ...", file=sys.stderr, flush=True)
         rows.append({"task": "llm", "subset": "-", "method": "unpruned", "ratio": 1.0, "seed": 0, "buffer": True,
@@ -196,13 +191,9 @@ def render(rows: list[dict]) -> list[str]:
              f"seeded). Budget, the same for every method: {said} (8 chunks per optimizer step, LM loss + KL "
              "from the unpruned model). Metric: held-out perplexity on the user's own text, "
              "mean [min-max] over seeds (lower is better).", ""]
-    prov: dict[tuple, int] = {}
-    for r in rows:
-        key = (r.get("host", "?"), r.get("cmd", ""))
-        if r["method"] != "unpruned":
-            prov[key] = prov.get(key, 0) + 1
-    lines += [f"- {n} rows on {h}: `python -m benchmarks.suites.methods {c or '?'}`" for (h, c), n in sorted(prov.items())]
-    lines.append("")
+    from benchmarks.suites.methods import provenance
+
+    lines += ["Where the rows come from (`python -m benchmarks.suites.methods ARGS`):", ""] + provenance(rows) + [""]
     for subset in sorted({r["subset"] for r in rows if r["subset"] != "-"}):
         sub = [r for r in rows if r["subset"] == subset and r["buffer"]]
         ratios = sorted({r["ratio"] for r in sub}, reverse=True)

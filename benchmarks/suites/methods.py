@@ -151,7 +151,7 @@ def _prune_row(job: dict) -> dict:
             "seconds": round(time.time() - t, 1), "device": cfg.device, "weights": job.get("round") or "fp32",
             "host": host(cfg.device), "cmd": job.get("cmd", ""),
             "kinds": {k: sum(u["kind"] == k for u in pruned.plan["units"]) for k in ("personalized", "common")},
-            "widths": [u["kept"] for u in pruned.plan["units"]]}
+            "widths": plan_widths(pruned.plan)}
 
 
 def host(device: str) -> str:
@@ -205,7 +205,8 @@ def add_latency(rows: list[dict], subsets) -> None:
     """Fill ``p50_ms`` for every distinct architecture among the seed-0,
     buffer-on rows of the main methods of ``subsets``, and for the unpruned
     model (a row of method ``unpruned``)."""
-    todo = [r for r in rows if r.get("task") != "llm" and r["seed"] == 0 and r["method"] in METHODS and r["buffer"] and r["subset"] in subsets]
+    todo = [r for r in rows if r.get("task") != "llm" and r["seed"] == 0 and r["method"] in METHODS and r["buffer"]
+            and r["subset"] in subsets]
     seen = {tuple(r["widths"]): r["p50_ms"] for r in todo if r.get("p50_ms")}
     for r in todo:
         key = tuple(r["widths"])
@@ -261,6 +262,22 @@ def _verdict(sub: list[dict], ratios) -> list[str]:
     return out
 
 
+def provenance(rows: list[dict]) -> list[str]:
+    """One line per (host, weights, suite arguments) with its row count."""
+    prov: dict[tuple, int] = {}
+    for r in rows:
+        if r["method"] != "unpruned":
+            k = (r.get("host", "?"), r.get("weights", "fp32"), r.get("cmd", ""))
+            prov[k] = prov.get(k, 0) + 1
+    return [f"- {n} rows on {h} (weights {w}): `{c or '?'}`" for (h, w, c), n in sorted(prov.items())]
+
+
+def plan_widths(plan: dict) -> list[int]:
+    """Kept units per original block, flat (heads or KV groups, MLP channels, ...);
+    a removed block keeps 0 of each. ``compress.plan.Plan.of_widths`` reads it back."""
+    return [u["kept"] for u in plan["units"]]
+
+
 def render(rows: list[dict], args) -> str:
     lm_rows = [r for r in rows if r.get("task") == "llm"]
     rows = [r for r in rows if r.get("task") != "llm"]
@@ -270,12 +287,7 @@ def render(rows: list[dict], args) -> str:
              f"Recovery budget: {args.recovery_steps} optimizer steps (batch 32) for every method. "
              "Accuracy: held-out top-1, mean [min-max] over seeds, in %.", "",
              "Where the rows come from (`python -m benchmarks.suites.methods ARGS`, rows in results.jsonl):", ""]
-    prov: dict[tuple, int] = {}
-    for r in rows:
-        if r["method"] != "unpruned":
-            k = (r.get("host", "?"), r.get("weights", "fp32"), r.get("cmd", ""))
-            prov[k] = prov.get(k, 0) + 1
-    lines += [f"- {n} rows on {h} (weights {w}): `{c or '?'}`" for (h, w, c), n in sorted(prov.items())] + [""]
+    lines += provenance(rows) + [""]
     for subset in sorted({r["subset"] for r in rows if r["subset"] != "-"}):
         sub = [r for r in rows if r["subset"] == subset]
         before = {r["seed"]: r["before"] for r in sub}
@@ -313,7 +325,7 @@ def render(rows: list[dict], args) -> str:
 
 def _llm_jobs(args, base) -> list[dict]:
     specs = [m for m in args.llm_methods.split(",") if m]
-    return [{"task": "llm", "subset": llm.subset_name(c), "seed": seed, "spec": spec, "ratio": ratio, "buffer": True,
+    return [{"task": "llm", "corpus": c, "subset": llm.subset_name(c), "seed": seed, "spec": spec, "ratio": ratio, "buffer": True,
              "threads": args.threads, "base": base, "cmd": " ".join(args.argv)}
             for seed in range(args.llm_seeds) for c in llm.CORPORA[: args.llm_corpora]
             for ratio in (float(x) for x in args.llm_ratios.split(",")) for spec in specs]
@@ -403,9 +415,8 @@ def main(argv=None) -> int:
         lm_base.update(calib_samples=8, extra={"seq_len": 32, "lm_batch_size": 4})
     jobs = [j for j in _jobs(args, base_d) + (_llm_jobs(args, lm_base) if args.task != "image" else [])
             if (j["subset"], j["seed"], j["spec"], j["ratio"], j["buffer"]) not in done]
-    for j in jobs:  # the users' text, before any worker starts (fails early without fortunes)
-        if j.get("task") == "llm":
-            llm.corpus_file(j["subset"].split("/", 1)[1])
+    for c in {j["corpus"] for j in jobs if j.get("task") == "llm"}:  # the users' text, before any worker
+        llm.corpus_file(c)                                           # starts (fails early without fortunes)
     for subset in list(SUBSETS)[: args.subsets] if args.task != "llm" else []:  # the image sets, likewise
         _user_folder(SUBSETS[subset], args.per_class)
         if any("generic" in j["spec"] for j in jobs):
