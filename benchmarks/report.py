@@ -164,6 +164,12 @@ def _empty_svg(name: str, why: str) -> str:
             f'<text x="10" y="25" font-size="13" fill="#777">{_e(why)}</text></svg>')
 
 
+def status_label(r: dict) -> str:
+    """The status a person reads: the JSON keeps the contract's ok|failed, but
+    an artifact this device cannot run was never tried, which is not a failure."""
+    return "not run here" if r.get("unsupported") else r["status"]
+
+
 def table_html(results: list[dict]) -> str:
     head = ["variant", "format", "quantize", "status", "MB", "load ms", "first ms", "p50", "p90", "p99",
             "mean", "std", "runs", "peak RSS MB", "anon MB", "file MB", "accuracy", "eval n", "notes"]
@@ -171,12 +177,12 @@ def table_html(results: list[dict]) -> str:
     for r in results:
         st, mem = r["latency_ms"], r.get("memory") or {}
         note = "; ".join([r["error"]] if r.get("error") else []) or "; ".join(r.get("warnings") or [])
-        cells = [r["variant"], r["format"], r.get("quantize"), r["status"],
+        cells = [r["variant"], r["format"], r.get("quantize"), status_label(r),
                  (r["bytes"] / 1e6) if r.get("bytes") else None, r.get("load_ms"), r.get("first_inference_ms"),
                  st.get("p50"), st.get("p90"), st.get("p99"), st.get("mean"), st.get("std"), r.get("timed_runs"),
                  r.get("peak_rss_mb"), mem.get("anon_mb"), mem.get("file_mb"), r.get("accuracy"),
                  r.get("eval_samples"), note]
-        cls = ' class="failed"' if r["status"] != "ok" else ""
+        cls = ' class="skipped"' if r.get("unsupported") else ' class="failed"' if r["status"] != "ok" else ""
         rows.append(f"<tr{cls}>" + "".join(f"<td>{_fmt(c, 4)}</td>" for c in cells) + "</tr>")
     return ("<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
             + "".join(rows) + "</tbody></table>")
@@ -185,7 +191,7 @@ def table_html(results: list[dict]) -> str:
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}
 h1{font-size:22px}h2{font-size:17px;margin-top:28px}table{border-collapse:collapse;font-size:12px}
 td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:nth-child(-n+4){text-align:left}
-tr.failed{background:#fdecea}.banner{background:#fff3cd;border:1px solid #e0c36c;padding:8px 12px;margin:12px 0}
+tr.failed{background:#fdecea}tr.skipped{color:#777}.banner{background:#fff3cd;border:1px solid #e0c36c;padding:8px 12px;margin:12px 0}
 .meta{font-size:13px;color:#555}"""
 
 

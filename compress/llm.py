@@ -23,11 +23,10 @@ from pocketsize.errors import BadInput, TargetNotMet
 from .allocate import Budget, min_reachable
 from .config import PruneConfig
 from .loading import Loaded
-from .methods import StepContext, get_method
-from .plan import Lineage, apply_plan, count_params
-from .pruning import RATIO_TOLERANCE, Progress, Pruned, _plan_json, _recovery_split, _schedule, count_macs
+from .plan import count_params
+from .pruning import RATIO_TOLERANCE, Progress, Pruned, StepTask, Stepped, _plan_json, buffered_steps, count_macs
 from .text import SEQ_LEN, TextData, TextSplit, load_text_data, perplexity, token_nll
-from .train import distill_kl
+from .train import distill_kl, run_steps
 
 log = logging.getLogger(__name__)
 
@@ -44,38 +43,28 @@ def recover_lm(student: Loaded, teacher: Loaded | None, train: TextSplit, steps:
                batch_size: int, seed: int, temperature: float = 2.0, alpha: float = 0.5,
                progress: Progress | None = None, stage: str = "recovery") -> list[float]:
     """Short recovery on the user's text: next-token loss, plus (with a teacher)
-    KL distillation from the unpruned model over the whole vocabulary."""
+    KL distillation from the unpruned model over the whole vocabulary. No
+    warm-up: it was measured on LMs without one (the ViT needs it for its
+    fitted probe head, which an LM does not have)."""
     if steps <= 0 or len(train) == 0:
         return []
     g = torch.Generator().manual_seed(seed)
     params = [p for p in student.model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    losses: list[float] = []
-    student.model.train()
     if teacher is not None:
         teacher.model.eval()
-    done = 0
-    while done < steps:
-        for ids in train.batches(batch_size, shuffle=True, generator=g):
-            for grp in opt.param_groups:  # cosine decay, as in the ViT recovery
-                grp["lr"] = lr * 0.5 * (1 + math.cos(math.pi * done / steps))
-            logits = student.adapter.logits(student.model, ids)
-            loss = token_nll(logits, ids).mean()
-            if teacher is not None:
-                with torch.no_grad():
-                    t = teacher.adapter.logits(teacher.model, ids)[:, :-1].float()
-                loss = (1 - alpha) * loss + alpha * distill_kl(logits[:, :-1].float(), t, temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            done += 1
-            if progress:
-                progress(stage, done, steps)
-            if done >= steps:
-                break
-    student.model.eval()
-    return losses
+
+    def loss_fn(ids: torch.Tensor) -> torch.Tensor:
+        logits = student.adapter.logits(student.model, ids)
+        loss = token_nll(logits, ids).mean()
+        if teacher is not None:
+            with torch.no_grad():
+                t = teacher.adapter.logits(teacher.model, ids)[:, :-1].float()
+            loss = (1 - alpha) * loss + alpha * distill_kl(logits[:, :-1].float(), t, temperature)
+        return loss
+
+    return run_steps(student.model, torch.optim.AdamW(params, lr=lr, weight_decay=0.0),
+                     lambda: train.batches(batch_size, shuffle=True, generator=g), steps, loss_fn,
+                     progress=progress, stage=stage)
 
 
 def _check_reachable(loaded: Loaded, cfg: PruneConfig, params_before: int) -> None:
@@ -140,8 +129,9 @@ def prune_lm(loaded: Loaded, data: TextData | str, cfg: PruneConfig, progress: P
         val_before = perplexity(loaded, data.val)
         teacher = copy.deepcopy(loaded) if cfg.distill else None
         log.info("unpruned model: %d params, held-out perplexity %.3f", params_before, before)
-        loaded, lineage, steps_log, scores, kinds, val_after = _buffered(
-            loaded, teacher, data, generic, run_cfg, params_before, val_before, progress)
+        run = _buffered(loaded, teacher, data, generic, run_cfg, params_before, val_before, progress)
+        loaded, lineage, steps_log, scores, kinds, val_after = (run.loaded, run.lineage, run.steps, run.scores,
+                                                                run.kinds, run.metric)
         params_after = count_params(loaded.model)
         kept = params_after / params_before
         if abs(kept - cfg.ratio) > RATIO_TOLERANCE:
@@ -171,57 +161,27 @@ def prune_lm(loaded: Loaded, data: TextData | str, cfg: PruneConfig, progress: P
 
 
 def _buffered(loaded: Loaded, teacher: Loaded | None, data: TextData, generic: TextData | None, cfg: PruneConfig,
-              params_before: int, val_before: float, progress: Progress | None):
-    """Prune in ``_schedule`` steps; undo and halve a step whose pruning-time
-    NLL rise exceeds the tolerance (once per step); recover after each."""
-    g = torch.Generator().manual_seed(cfg.seed)
-    planner = get_method(cfg.method)
-    lineage = Lineage.start(loaded)
-    ratios = _schedule(cfg)
-    recov = _recovery_split(cfg, len(ratios))
-    tol = float(_extra(cfg, "nll_tolerance", NLL_TOLERANCE))
+              params_before: int, val_before: float, progress: Progress | None) -> Stepped:
+    """The shared step-buffering loop with the LM's pieces: random token
+    chunks for calibration, perplexity for validation, and a guard on the
+    rise in validation NLL (nats)."""
     batch = int(_extra(cfg, "lm_batch_size", LM_BATCH_SIZE))
-    steps_log: list[dict[str, Any]] = []
-    scores = kinds = None
-    current = val_before
-    split_done: set[int] = set()
-    k = 0
-    while k < len(ratios):
-        r = ratios[k]
+
+    def calib(g: torch.Generator):
         # random sampling: a fresh random subsample of the user's chunks per step
         idx = torch.randperm(len(data.train), generator=g)[: cfg.calib_samples]
         gx = None
         if generic is not None:
             gx = generic.train.ids[torch.randperm(len(generic.train), generator=g)[: cfg.calib_samples]]
-        step = planner(StepContext(loaded, data.train.ids[idx], None, gx, cfg, seed=cfg.seed + k), r * params_before)
-        candidate = copy.deepcopy(loaded)
-        apply_plan(candidate, step.plan)
-        val_pruned = perplexity(candidate, data.val)
-        rise = math.log(val_pruned) - math.log(current)
-        prev = ratios[k - 1] if k else 1.0
-        if cfg.buffer and k < len(ratios) - 1 and rise > tol and k not in split_done:
-            steps_log.append({"ratio": r, "metric": val_pruned, "accepted": False, "nll_rise": rise})
-            split_done.update({k, k + 1})
-            ratios.insert(k, (prev + r) / 2)
-            half = recov[k] // 2
-            recov[k] -= half
-            recov.insert(k, half)
-            log.info("step to %.3f raised validation NLL by %.3f > %.3f: undone, trying %.3f first",
-                     r, rise, tol, ratios[k])
-            continue
-        loaded = candidate
-        scores = {lineage.blocks[i]: sc for i, sc in enumerate(step.layer_scores)}
-        kinds = {lineage.blocks[i]: kd for i, kd in enumerate(step.kinds)}
-        lineage = lineage.advance(step.plan)
-        recover_lm(loaded, teacher, data.train, recov[k], _lm_lr(cfg), batch, cfg.seed + 100 + k,
-                   progress=progress, stage=f"recovery {k + 1}/{len(ratios)}")
-        current = perplexity(loaded, data.val)
-        log.info("step %d: kept %.3f of the parameters, validation perplexity %.3f at pruning, %.3f after %d "
-                 "recovery steps", k + 1, count_params(loaded.model) / params_before, val_pruned, current, recov[k])
-        steps_log.append({"ratio": count_params(loaded.model) / params_before, "target": r, "metric": current,
-                          "metric_at_prune": val_pruned, "accepted": True, "recovery_steps": recov[k]})
-        k += 1
-    return loaded, lineage, steps_log, scores, kinds, current
+        return data.train.ids[idx], None, gx
+
+    task = StepTask(
+        calib=calib, validate=lambda m: perplexity(m, data.val),
+        harm=lambda current, pruned: math.log(pruned) - math.log(current), harm_name="nll_rise",
+        tolerance=float(_extra(cfg, "nll_tolerance", NLL_TOLERANCE)),
+        recover=lambda m, steps, seed, stage: recover_lm(m, teacher, data.train, steps, _lm_lr(cfg), batch, seed,
+                                                         progress=progress, stage=stage))
+    return buffered_steps(loaded, task, cfg, params_before, val_before)
 
 
 def _lm_lr(cfg: PruneConfig) -> float:

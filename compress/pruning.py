@@ -64,6 +64,85 @@ def _recovery_split(cfg: PruneConfig, n_steps: int) -> list[int]:
     return per + [final]
 
 
+@dataclass
+class StepTask:
+    """What the buffered step loop needs from a task: images judge accuracy,
+    language models perplexity; the loop itself is the same."""
+    calib: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
+    validate: Callable[[Loaded], float]             # the validation metric of a model
+    harm: Callable[[float, float], float]           # (metric before the step, after the cut) -> how much worse
+    harm_name: str                                  # its key in the step log
+    tolerance: float                                # the undo guard's threshold on ``harm``
+    recover: Callable[[Loaded, int, int, str], Any]  # (model, steps, seed, stage)
+    refit: Callable[[Loaded, int], None] | None = None  # a cheap fix right after the cut (the ViT's head)
+
+
+@dataclass
+class Stepped:
+    loaded: Loaded
+    lineage: Lineage
+    steps: list[dict[str, Any]]
+    scores: dict[int, dict] | None
+    kinds: dict[int, dict] | None
+    metric: float  # the validation metric after the last recovery
+
+
+def buffered_steps(loaded: Loaded, task: StepTask, cfg: PruneConfig, params_before: int,
+                   val_before: float) -> Stepped:
+    """Step buffering: prune in ``_schedule`` steps with recovery after each,
+    scoring every step on a fresh random calibration sample. A step whose
+    pruning-time harm exceeds the tolerance is undone and split in two, once
+    per scheduled step so the cost stays bounded; the halves share its
+    recovery budget. Steps work on copies: ``loaded`` is never cut."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    planner = get_method(cfg.method)
+    lineage = Lineage.start(loaded)
+    ratios = _schedule(cfg)
+    recov = _recovery_split(cfg, len(ratios))
+    log_: list[dict[str, Any]] = []
+    scores: dict | None = None
+    kinds: dict | None = None
+    current = val_before
+    split_done: set[int] = set()
+    k = 0
+    while k < len(ratios):
+        r = ratios[k]
+        x, y, gx = task.calib(g)
+        step = planner(StepContext(loaded, x, y, gx, cfg, seed=cfg.seed + k), r * params_before)
+        candidate = copy.deepcopy(loaded)
+        apply_plan(candidate, step.plan)
+        if task.refit is not None:
+            task.refit(candidate, k)
+        val_pruned = task.validate(candidate)
+        harm = task.harm(current, val_pruned)
+        prev = ratios[k - 1] if k else 1.0
+        if cfg.buffer and k < len(ratios) - 1 and harm > task.tolerance and k not in split_done:
+            log_.append({"ratio": r, "metric": val_pruned, "accepted": False, task.harm_name: harm})
+            split_done.update({k, k + 1})
+            ratios.insert(k, (prev + r) / 2)
+            half = recov[k] // 2
+            recov[k] -= half
+            recov.insert(k, half)
+            log.info("step to %.3f: validation %s %.3f > %.3f, undone, trying %.3f first",
+                     r, task.harm_name, harm, task.tolerance, ratios[k])
+            continue
+        loaded = candidate
+        # scores are indexed by the blocks the planner saw: key them by original block;
+        # a block removed in an earlier step keeps the score and kind it was removed with
+        scores = {**(scores or {}), **{lineage.blocks[i]: sc for i, sc in enumerate(step.layer_scores)}}
+        kinds = {**(kinds or {}), **{lineage.blocks[i]: kd for i, kd in enumerate(step.kinds)}}
+        lineage = lineage.advance(step.plan)
+        task.recover(loaded, recov[k], cfg.seed + 100 + k, f"recovery {k + 1}/{len(ratios)}")
+        current = task.validate(loaded)
+        kept = count_params(loaded.model) / params_before
+        log.info("step %d: kept %.3f of the parameters, validation metric %.4f at the cut, %.4f after %d "
+                 "recovery steps", k + 1, kept, val_pruned, current, recov[k])
+        log_.append({"ratio": kept, "target": r, "metric": current, "metric_at_prune": val_pruned,
+                     "accepted": True, "recovery_steps": recov[k]})
+        k += 1
+    return Stepped(loaded, lineage, log_, scores, kinds, current)
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` takes CUDA, then MPS, then the CPU; an explicit accelerator that
     is not there is a bad input, not a silent fall-back."""
@@ -143,63 +222,27 @@ def _prune_images(loaded: Loaded, data: ImageData, cfg: PruneConfig, progress: P
     teacher = copy.deepcopy(loaded) if cfg.distill else None
     log.info("personalized model: %d params, held-out accuracy %.4f", params_before, before)
 
-    g = torch.Generator().manual_seed(cfg.seed)
-    planner = get_method(cfg.method)
-    lineage = Lineage.start(loaded)
-    ratios = _schedule(cfg)
-    recov = _recovery_split(cfg, len(ratios))
-    steps_log: list[dict[str, Any]] = []
-    last_scores: dict | None = None
-    last_kinds: dict | None = None
-    current_val = val_before
-    split_done: set[int] = set()
-    k = 0
-    while k < len(ratios):
-        r = ratios[k]
+    def calib(g: torch.Generator):
         # random sampling: a fresh random subsample of the user's training data per step
         idx = torch.randperm(len(data.train), generator=g)[: cfg.calib_samples]
-        cx, cy = data.train.normalized()[idx], data.train.y[idx]
         gx = None
         if generic is not None:
-            gidx = torch.randperm(len(generic.train), generator=g)[: cfg.calib_samples]
-            gx = generic.train.normalized()[gidx]
-        ctx = StepContext(loaded, cx, cy, gx, cfg, seed=cfg.seed + k)
-        step = planner(ctx, r * params_before)
-        candidate = copy.deepcopy(loaded)
-        apply_plan(candidate, step.plan)
-        if cfg.refit_head and candidate.task == "image-classification":
-            # the pruned features moved: a linear probe on them is a cheap first buffer
-            train.fit_head(candidate, data.train, data.val, data.labels, epochs=cfg.probe_epochs, seed=cfg.seed + k)
-        val_pruned = train.accuracy(candidate, data.val)
-        drop = current_val - val_pruned
-        is_final = k == len(ratios) - 1
-        prev = ratios[k - 1] if k else 1.0
-        # guard: a step that hurts too much at pruning time is undone and split
-        # in two (once per scheduled step, so the cost stays bounded); the
-        # step's recovery budget is shared between the two halves
-        if cfg.buffer and not is_final and drop > cfg.tolerance and k not in split_done:
-            steps_log.append({"ratio": r, "metric": val_pruned, "accepted": False, "drop": drop})
-            split_done.update({k, k + 1})
-            ratios.insert(k, (prev + r) / 2)
-            half = recov[k] // 2
-            recov[k] -= half
-            recov.insert(k, half)
-            log.info("step to %.3f dropped validation accuracy by %.3f > %.3f: undone, trying %.3f first",
-                     r, drop, cfg.tolerance, ratios[k])
-            continue
-        loaded = candidate
-        # scores are indexed by the blocks the planner saw: key them by original block;
-        # a block removed in an earlier step keeps the score and kind it was removed with
-        last_scores = {**(last_scores or {}), **{lineage.blocks[i]: sc for i, sc in enumerate(step.layer_scores)}}
-        last_kinds = {**(last_kinds or {}), **{lineage.blocks[i]: kd for i, kd in enumerate(step.kinds)}}
-        lineage = lineage.advance(step.plan)
-        train.recover(loaded, teacher, data.train, recov[k], cfg.lr, cfg.head_lr, cfg.batch_size,
-                      cfg.seed + 100 + k, progress=progress, stage=f"recovery {k + 1}/{len(ratios)}")
-        current_val = train.accuracy(loaded, data.val)
-        steps_log.append({"ratio": count_params(loaded.model) / params_before, "target": r,
-                          "metric": current_val, "metric_at_prune": val_pruned, "accepted": True,
-                          "recovery_steps": recov[k]})
-        k += 1
+            gx = generic.train.normalized()[torch.randperm(len(generic.train), generator=g)[: cfg.calib_samples]]
+        return data.train.normalized()[idx], data.train.y[idx], gx
+
+    def refit(candidate: Loaded, k: int) -> None:
+        # the pruned features moved: a linear probe on them is a cheap first buffer
+        train.fit_head(candidate, data.train, data.val, data.labels, epochs=cfg.probe_epochs, seed=cfg.seed + k)
+
+    task = StepTask(
+        calib=calib, validate=lambda m: train.accuracy(m, data.val),
+        harm=lambda current, pruned: current - pruned, harm_name="drop", tolerance=cfg.tolerance,
+        recover=lambda m, steps, seed, stage: train.recover(m, teacher, data.train, steps, cfg.lr, cfg.head_lr,
+                                                            cfg.batch_size, seed, progress=progress, stage=stage),
+        refit=refit if cfg.refit_head else None)
+    run = buffered_steps(loaded, task, cfg, params_before, val_before)
+    loaded, lineage, steps_log, current_val = run.loaded, run.lineage, run.steps, run.metric
+    last_scores, last_kinds = run.scores, run.kinds
 
     params_after = count_params(loaded.model)
     kept = params_after / params_before

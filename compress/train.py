@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -118,39 +118,27 @@ def _optimizer(loaded: Loaded, lr: float, head_lr: float) -> torch.optim.Optimiz
     return torch.optim.AdamW(_param_groups(loaded, lr, head_lr), weight_decay=0.01)
 
 
-def recover(student: Loaded, teacher: Loaded | None, train: Split, steps: int, lr: float, head_lr: float,
-            batch_size: int, seed: int, temperature: float = 2.0, alpha: float = 0.5,
-            progress: Progress | None = None, stage: str = "recovery") -> list[float]:
-    """Short recovery: cross-entropy on the user's labels, plus (when a teacher
-    is given) KL distillation from the unpruned personalized model."""
-    if steps <= 0:
-        return []
-    g = torch.Generator().manual_seed(seed)
-    opt = _optimizer(student, lr, head_lr)
+def run_steps(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: Callable[[], Iterable[Any]],
+              steps: int, loss_fn: Callable[[Any], torch.Tensor], warmup: int = 0,
+              progress: Progress | None = None, stage: str = "recovery") -> list[float]:
+    """The one optimisation loop of fine-tuning and recovery, for images and
+    LMs alike: epochs over ``batches()`` until ``steps`` steps.
+
+    Cosine decay keeps late steps from undoing what early ones fixed. Adam's
+    first updates are full-size sign steps even for tiny gradients, and on an
+    already-fitted ViT they caused a loss spike (measured), so the rate ramps
+    up over the first ``warmup`` steps (0: no ramp)."""
     base = [grp["lr"] for grp in opt.param_groups]
     losses: list[float] = []
-    student.model.train()
-    if teacher is not None:
-        teacher.model.eval()
-    dev = device_of(student)
+    model.train()
     done = 0
     while done < steps:
-        for xb, yb in train.batches(batch_size, shuffle=True, generator=g):
-            xb, yb = xb.to(dev), yb.to(dev)
-            # cosine decay keeps late steps from undoing what early ones fixed
-            # Adam's first updates are full-size sign steps even for tiny
-            # gradients; on an already-fitted model they cause a loss spike
-            # (measured), so ramp the rate up over the first 20% of the steps
-            warm = max(1, steps // 5)
-            scale = min(1.0, (done + 1) / warm) * 0.5 * (1 + math.cos(math.pi * done / steps))
+        for batch in batches():
+            ramp = min(1.0, (done + 1) / warmup) if warmup else 1.0
+            scale = ramp * 0.5 * (1 + math.cos(math.pi * done / steps))
             for grp, b in zip(opt.param_groups, base):
                 grp["lr"] = b * scale
-            logits = student.adapter.logits(student.model, xb)
-            loss = F.cross_entropy(logits, yb)
-            if teacher is not None:
-                with torch.no_grad():
-                    t = teacher.adapter.logits(teacher.model, xb)
-                loss = (1 - alpha) * loss + alpha * distill_kl(logits, t, temperature)
+            loss = loss_fn(batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -160,5 +148,32 @@ def recover(student: Loaded, teacher: Loaded | None, train: Split, steps: int, l
                 progress(stage, done, steps)
             if done >= steps:
                 break
-    student.model.eval()
+    model.eval()
     return losses
+
+
+def recover(student: Loaded, teacher: Loaded | None, train: Split, steps: int, lr: float, head_lr: float,
+            batch_size: int, seed: int, temperature: float = 2.0, alpha: float = 0.5,
+            progress: Progress | None = None, stage: str = "recovery") -> list[float]:
+    """Short recovery: cross-entropy on the user's labels, plus (when a teacher
+    is given) KL distillation from the unpruned personalized model."""
+    if steps <= 0:
+        return []
+    g = torch.Generator().manual_seed(seed)
+    if teacher is not None:
+        teacher.model.eval()
+    dev = device_of(student)
+
+    def loss_fn(batch) -> torch.Tensor:
+        xb, yb = batch[0].to(dev), batch[1].to(dev)
+        logits = student.adapter.logits(student.model, xb)
+        loss = F.cross_entropy(logits, yb)
+        if teacher is not None:
+            with torch.no_grad():
+                t = teacher.adapter.logits(teacher.model, xb)
+            loss = (1 - alpha) * loss + alpha * distill_kl(logits, t, temperature)
+        return loss
+
+    return run_steps(student.model, _optimizer(student, lr, head_lr),
+                     lambda: train.batches(batch_size, shuffle=True, generator=g), steps, loss_fn,
+                     warmup=max(1, steps // 5), progress=progress, stage=stage)

@@ -78,12 +78,6 @@ def artifact_name(suffix: str, quantize: str) -> str:
     return f"model.int8{suffix}" if quantize == "int8" else f"model{suffix}"
 
 
-def _precision(fmt: str, config: ExportConfig) -> str:
-    if config.quantize == "int8":
-        return "int8"
-    return config.coreml_precision if fmt == "coreml" else "fp32"
-
-
 def export_one(key: str, job: Any, tmp: Path, config: ExportConfig,
                check: Callable[[Any, Path], dict[str, Any]], task: str = "image-classification") -> dict[str, Any]:
     """Export one target and check it; the manifest record (never raises for a backend failure).
@@ -94,7 +88,7 @@ def export_one(key: str, job: Any, tmp: Path, config: ExportConfig,
     rel = artifact_name(target.SUFFIX, config.quantize)
     path = tmp / rel
     rec: dict[str, Any] = {"format": key, "path": rel, "bytes": None, "sha256": None,
-                           "quantize": config.quantize, "precision": _precision(key, config), "status": "ok"}
+                           "quantize": config.quantize, "precision": config.precision(key), "status": "ok"}
     log.info("%s: exporting %s", key, rel)
     t = time.perf_counter()
     try:
@@ -125,7 +119,7 @@ def _check_image(target: Any, path: Path, job: Job, inputs: Inputs, ref: torch.T
                  config: ExportConfig) -> dict[str, Any]:
     v = target.verify(path, job, inputs.parity)
     if v.outputs is not None:
-        p = _parity.compare(ref, v.outputs, _precision(target.FORMAT, config), config, inputs.labels,
+        p = _parity.compare(ref, v.outputs, config.precision(target.FORMAT), config, inputs.labels,
                             on_user_data=inputs.record["kind"] == "held-out")
     else:
         p = {"checked": False, "reason": v.reason, "max_abs_diff": None, "top1_agreement": None}

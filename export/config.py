@@ -99,6 +99,12 @@ class ExportConfig:
         if self.fp32_atol <= 0:
             raise BadInput(f"fp32_atol={self.fp32_atol}: must be > 0")
 
+    def precision(self, fmt: str) -> str:
+        """The numeric precision an artifact of format ``fmt`` is written and checked at."""
+        if self.quantize == "int8":
+            return "int8"
+        return self.coreml_precision if fmt == "coreml" else "fp32"
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["targets"] = list(self.targets)

@@ -154,7 +154,7 @@ def frozen(model: nn.Module) -> Iterator[None]:
 
 def export_lm(src: Source, out_dir: str | Path, config: ExportConfig, data: Any, t0: float) -> dict[str, Any]:
     """export.export for a causal LM (called by it; see the module doc)."""
-    from .api import _precision, export_one, raise_failures
+    from .api import export_one, raise_failures
     from .targets import get_target
 
     for key in config.targets:  # a format that cannot take LMs is bad input before minutes of work
@@ -178,7 +178,7 @@ def export_lm(src: Source, out_dir: str | Path, config: ExportConfig, data: Any,
                 return _with_structure({"checked": False, "passed": None, "reason": v.reason,
                                         "max_abs_diff": None, "top1_agreement": None}, v)
             return _with_structure(compare_lm(ref, stepped_logits(target.stepper(path, job), prompt, tokens),
-                                              tokens, p, _precision(target.FORMAT, config), config), v)
+                                              tokens, p, config.precision(target.FORMAT), config), v)
 
         with atomic_dir(out_dir) as tmp:
             artifacts = [export_one(key, job, tmp, config, check, task="causal-lm") for key in config.targets]

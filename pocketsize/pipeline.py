@@ -141,10 +141,12 @@ def _num(v: Any) -> str:
 
 
 def print_table(summary: dict[str, Any], results: dict[str, Any], out: Path) -> None:
+    from benchmarks.report import status_label
+
     rows = [("variant", "format", "status", "p50 ms", "accuracy/ppl", "bytes")]
     for r in results.get("results", []):
         metric = r.get("accuracy") if r.get("accuracy") is not None else r.get("perplexity")
-        rows.append((r["variant"], r["format"], r["status"],
+        rows.append((r["variant"], r["format"], status_label(r),
                      f"{r['latency_ms']['p50']:.2f}" if r["status"] == "ok" else "-",
                      f"{metric:.4f}" if isinstance(metric, (int, float)) else "-", str(r.get("bytes", "-"))))
     w = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]

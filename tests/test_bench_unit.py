@@ -118,3 +118,14 @@ def test_report_is_self_contained_with_three_plots():
     assert "2.00x" in page and "Emulated device" in page
     assert "<script" not in page.replace("&lt;script", "")  # escaped, no scripts
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_an_artifact_this_device_cannot_run_reads_as_not_run_not_failed():
+    from benchmarks.report import status_label, table_html
+
+    base = {"variant": "original", "format": "coreml", "quantize": "none", "latency_ms": {}, "bytes": 10}
+    never = {**base, "status": "failed", "error": "unsupported: Core ML prediction needs macOS", "unsupported": True}
+    broke = {**base, "status": "failed", "error": "boom"}
+    assert status_label(never) == "not run here" and status_label(broke) == "failed"
+    html = table_html([never, broke])
+    assert html.count('class="skipped"') == 1 and html.count('class="failed"') == 1
