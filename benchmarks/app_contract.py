@@ -17,6 +17,7 @@ import json
 import math
 from importlib import resources
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from pocketsize.errors import BadInput
@@ -49,6 +50,31 @@ def app_params(job: Any, *, artifact: str, out_dir: str, run_id: str,
         values["eval_input"] = eval_input
         values["eval_count"] = job.eval_count
     return check_params(values, platform)
+
+
+@dataclass(frozen=True)
+class AppRun:
+    """One app run's device-side layout: a fresh folder per run, so runs never
+    read each other's files, and the contract parameters that point into it."""
+    run_id: str
+    remote: str               # the run's folder on the device
+    model: str                # where the artifact is pushed
+    eval_input: str | None    # where the eval samples are pushed (None: no accuracy)
+    report: str               # the file the app writes last
+    params: dict[str, str]
+
+
+def plan_app_run(job: Any, device_dir: str, platform: str) -> AppRun:
+    """The layout and parameters of running ``job`` under ``device_dir`` (shared by adb and ios)."""
+    import uuid
+
+    files = load_contract()["files"]
+    run_id = uuid.uuid4().hex[:12]
+    remote = f"{device_dir}/{run_id}"
+    model = f"{remote}/{job.artifact.name}"
+    ev = f"{remote}/{files['eval_input']}" if job.eval_input is not None and job.eval_count else None
+    params = app_params(job, artifact=model, out_dir=f"{remote}/out", run_id=run_id, eval_input=ev, platform=platform)
+    return AppRun(run_id, remote, model, ev, f"{remote}/out/{files['report']}", params)
 
 
 def check_params(values: Mapping[str, Any], platform: str) -> dict[str, str]:

@@ -139,3 +139,43 @@ def test_killing_the_runner_mid_run(exports, tmp_path):
     others = [r for k, r in by.items() if k != ("original", "executorch")]
     assert len(others) == 3 and all(r["status"] == "ok" for r in others)
     assert json.loads((tmp_path / "o" / "results.json").read_text())["results"][0]["status"] == "failed"
+
+
+def test_coreml_runner_speaks_the_protocol_with_a_stand_in_for_core_ml(tmp_path):
+    """Core ML prediction needs macOS, so this runs coreml_runner.py against a
+    stand-in ``coremltools`` (y = 2x on a (1, 3) input): it checks the runner's
+    own code (arguments, timing loop, eval outputs, report), not Core ML."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    fake = tmp_path / "fake" / "coremltools"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "import types\n__version__ = 'stand-in'\n"
+        "ComputeUnit = types.SimpleNamespace(CPU_ONLY='cpu')\n"
+        "def _spec():\n"
+        "    arr = types.SimpleNamespace(multiArrayType=types.SimpleNamespace(shape=[1, 3]))\n"
+        "    d = types.SimpleNamespace(input=[types.SimpleNamespace(name='x', type=arr)],\n"
+        "                              output=[types.SimpleNamespace(name='y')])\n"
+        "    return types.SimpleNamespace(description=d)\n"
+        "class _Model:\n"
+        "    def __init__(self, path, compute_units=None): self.path = path\n"
+        "    def get_spec(self): return _spec()\n"
+        "    def predict(self, feeds): return {'y': feeds['x'] * 2}\n"
+        "models = types.SimpleNamespace(MLModel=_Model)\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    evalf = tmp_path / "eval.bin"
+    samples = np.arange(6, dtype="<f4").reshape(2, 3)
+    samples.tofile(evalf)
+    runner = Path(__file__).resolve().parents[1] / "benchmarks" / "runner" / "coreml_runner.py"
+    res = subprocess.run([sys.executable, str(runner), str(tmp_path / "m.mlpackage"), "--out-dir", str(out),
+                          "--warmup", "1", "--iterations", "4", "--eval-input", str(evalf), "--eval-count", "2"],
+                         env={**os.environ, "PYTHONPATH": str(fake.parent)}, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["runtime"] == "coreml" and report["output_shape"] == [1, 3] and report["memory"]["peak_rss_mb"] > 0
+    assert len((out / "times.txt").read_text().split("\n")) - 1 == 4
+    assert np.array_equal(np.fromfile(out / "eval_outputs.bin", dtype="<f4").reshape(2, 3), samples * 2)

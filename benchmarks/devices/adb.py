@@ -24,13 +24,12 @@ import shlex
 import shutil
 import subprocess
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
 from pocketsize.errors import BadInput
 
-from ..app_contract import app_params, load_contract, memory_extras, read_report
+from ..app_contract import load_contract, memory_extras, plan_app_run, read_report
 from .base import (PROBE_SCRIPT, Device, DeviceUnavailable, Job, RunnerCrashed, RunnerTimeout, RunOutput,
                    Unsupported, collect_output, parse_probe, read_times)
 
@@ -132,24 +131,18 @@ class AdbDevice(Device):
         reason = self.unsupported_reason(job.format)
         if reason:
             raise Unsupported(reason)
-        run_id = uuid.uuid4().hex[:12]
-        remote = f"{self.android['device_dir']}/{run_id}"
-        files = self.contract["files"]
-        remote_model = f"{remote}/{job.artifact.name}"
-        remote_eval = f"{remote}/{files['eval_input']}" if job.eval_input is not None and job.eval_count else None
-        params = app_params(job, artifact=remote_model, out_dir=f"{remote}/out", run_id=run_id,
-                            eval_input=remote_eval, platform=PLATFORM)
-        self._call(self.shell_argv(["mkdir", "-p", f"{remote}/out"]))
+        run = plan_app_run(job, self.android["device_dir"], PLATFORM)
+        self._call(self.shell_argv(["mkdir", "-p", f"{run.remote}/out"]))
         try:
-            self._call(self.adb_argv("push", str(job.artifact), remote_model))
-            if remote_eval:
-                self._call(self.adb_argv("push", str(job.eval_input), remote_eval))
-            self._call(self.am_start_argv(params))
-            self._wait(f"{remote}/out/{files['report']}", job.timeout_s)
-            self._call(self.adb_argv("pull", f"{remote}/out", str(work)))
+            self._call(self.adb_argv("push", str(job.artifact), run.model))
+            if run.eval_input:
+                self._call(self.adb_argv("push", str(job.eval_input), run.eval_input))
+            self._call(self.am_start_argv(run.params))
+            self._wait(run.report, job.timeout_s)
+            self._call(self.adb_argv("pull", f"{run.remote}/out", str(work)))
         finally:
-            self._call(self.shell_argv(["rm", "-rf", remote]), check=False)
-        return collect_app_output(work / "out", job, run_id, PLATFORM)
+            self._call(self.shell_argv(["rm", "-rf", run.remote]), check=False)
+        return collect_app_output(work / "out", job, run.run_id, PLATFORM)
 
     def _wait(self, report: str, timeout_s: float) -> None:
         """Poll until the app has written ``report``; raise early if the app process is gone."""

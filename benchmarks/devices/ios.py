@@ -27,13 +27,12 @@ import shutil
 import subprocess
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from pocketsize.errors import BadInput
 
-from ..app_contract import app_params, load_contract
+from ..app_contract import load_contract, plan_app_run
 from .adb import collect_app_output
 from .base import Device, DeviceUnavailable, Job, RunnerTimeout, RunOutput, Unsupported
 
@@ -159,27 +158,21 @@ class IosDevice(Device):
         reason = self.unsupported_reason(job.format)
         if reason:
             raise Unsupported(reason)
-        run_id = uuid.uuid4().hex[:12]
-        # Paths relative to the container home: the app resolves them with NSHomeDirectory().
-        remote = f"{self.ios['container_dir']}/{run_id}"
-        files = self.contract["files"]
-        remote_model = f"{remote}/{job.artifact.name}"
-        remote_eval = f"{remote}/{files['eval_input']}" if job.eval_input is not None and job.eval_count else None
-        params = app_params(job, artifact=remote_model, out_dir=f"{remote}/out", run_id=run_id,
-                            eval_input=remote_eval, platform=PLATFORM)
-        self._call(self.copy_to_argv(job.artifact, remote_model))
-        if remote_eval:
-            self._call(self.copy_to_argv(Path(job.eval_input), remote_eval))
+        # paths relative to the container home: the app resolves them with NSHomeDirectory()
+        run = plan_app_run(job, self.ios["container_dir"], PLATFORM)
+        self._call(self.copy_to_argv(job.artifact, run.model))
+        if run.eval_input:
+            self._call(self.copy_to_argv(Path(job.eval_input), run.eval_input))
         if self.method == "xctest":
-            argv, env = self.xctest_argv_env(params, work / "result.xcresult")
+            argv, env = self.xctest_argv_env(run.params, work / "result.xcresult")
             # A failing XCTest still leaves report.json (status failed): read it rather than the exit code.
             res = self._call(argv, check=False, env=env, timeout=job.timeout_s + 120)
             (work / "xcodebuild.log").write_text(res.stdout + res.stderr)
         else:
-            self._call(self.launch_argv(params))
-            self._wait(f"{remote}/out/{files['report']}", work / "poll", job.timeout_s)
-        self._call(self.copy_from_argv(f"{remote}/out", work / "out"))
-        return collect_app_output(work / "out", job, run_id, PLATFORM)
+            self._call(self.launch_argv(run.params))
+            self._wait(run.report, work / "poll", job.timeout_s)
+        self._call(self.copy_from_argv(f"{run.remote}/out", work / "out"))
+        return collect_app_output(work / "out", job, run.run_id, PLATFORM)
 
     def _wait(self, report: str, scratch: Path, timeout_s: float) -> None:
         """Poll by copying report.json out of the container until it exists."""

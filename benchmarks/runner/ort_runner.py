@@ -36,7 +36,8 @@ def finish(out_dir, report):
     os.replace(tmp, os.path.join(out_dir, "report.json"))
 
 
-def main(argv=None):
+def protocol_args(argv=None):
+    """The runner protocol's command line (benchmarks/devices/base.py), shared by the Python runners."""
     p = argparse.ArgumentParser()
     p.add_argument("model")
     p.add_argument("--out-dir", required=True)
@@ -46,7 +47,42 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--eval-input")
     p.add_argument("--eval-count", type=int, default=0)
-    a = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def measure(infer, shape, a):
+    """Time ``infer`` (one input array -> one output array) the protocol's way:
+    first inference, warm-up, timed runs into times.txt (flushed per run: a
+    crash later must not lose what was measured), then the eval samples into
+    eval_outputs.bin. Returns (first output, first inference ms)."""
+    import numpy as np
+
+    n = int(np.prod(shape))
+    # deterministic, input-independent of any data: the same bytes on every device
+    x = ((np.arange(n, dtype=np.uint64) * 2654435761 % 1000).astype(np.float32) / 1000.0 - 0.5).reshape(shape)
+    t0 = time.perf_counter()
+    out = infer(x)
+    first_ms = (time.perf_counter() - t0) * 1e3
+    for _ in range(a.warmup):
+        infer(x)
+    with open(os.path.join(a.out_dir, "times.txt"), "w") as tf:
+        start, i = time.perf_counter(), 0
+        while i < a.iterations or (time.perf_counter() - start) * 1e3 < a.min_duration_ms:
+            t0 = time.perf_counter()
+            infer(x)
+            tf.write("t %.6f\n" % ((time.perf_counter() - t0) * 1e3))
+            tf.flush()
+            i += 1
+    if a.eval_input and a.eval_count > 0:
+        data = np.fromfile(a.eval_input, dtype="<f4").reshape([a.eval_count] + list(shape[1:]))
+        with open(os.path.join(a.out_dir, "eval_outputs.bin"), "wb") as f:
+            for k in range(a.eval_count):
+                f.write(np.ascontiguousarray(infer(data[k:k + 1]), dtype="<f4").tobytes())
+    return out, first_ms
+
+
+def main(argv=None):
+    a = protocol_args(argv)
 
     import numpy as np
     import onnxruntime as ort
@@ -54,37 +90,11 @@ def main(argv=None):
     t0 = time.perf_counter()
     sess = cpu_session(a.model, a.threads)
     load_ms = (time.perf_counter() - t0) * 1e3
-
     inp = sess.get_inputs()[0]
     shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
-    n = int(np.prod(shape))
-    x = ((np.arange(n, dtype=np.uint64) * 2654435761 % 1000).astype(np.float32) / 1000.0 - 0.5).reshape(shape)
-    feeds = {inp.name: x}
-
-    t0 = time.perf_counter()
-    out = sess.run(None, feeds)[0]
-    first_ms = (time.perf_counter() - t0) * 1e3
-    for _ in range(a.warmup):
-        sess.run(None, feeds)
-    with open(os.path.join(a.out_dir, "times.txt"), "w") as tf:
-        start = time.perf_counter()
-        i = 0
-        while i < a.iterations or (time.perf_counter() - start) * 1e3 < a.min_duration_ms:
-            t0 = time.perf_counter()
-            sess.run(None, feeds)
-            tf.write("t %.6f\n" % ((time.perf_counter() - t0) * 1e3))
-            tf.flush()  # a crash later must not lose what was measured
-            i += 1
-
-    if a.eval_input and a.eval_count > 0:
-        data = np.fromfile(a.eval_input, dtype="<f4").reshape([a.eval_count] + shape[1:])
-        with open(os.path.join(a.out_dir, "eval_outputs.bin"), "wb") as f:
-            for k in range(a.eval_count):
-                y = sess.run(None, {inp.name: data[k:k + 1]})[0]
-                f.write(np.ascontiguousarray(y, dtype="<f4").tobytes())
-
+    out, first_ms = measure(lambda v: sess.run(None, {inp.name: v})[0], shape, a)
     finish(a.out_dir, {"runtime": "onnxruntime", "runtime_version": ort.__version__, "load_ms": load_ms,
-                       "first_inference_ms": first_ms, "output_shape": list(out.shape),
+                       "first_inference_ms": first_ms, "output_shape": list(np.shape(out)),
                        "eval_count": a.eval_count, "threads": a.threads,
                        "notes": ["memory includes the Python interpreter that hosts ONNX Runtime"]})
     return 0
