@@ -20,9 +20,9 @@ protocol ModelRunner: AnyObject {
 }
 
 enum Runners {
-    /// ExecuTorch Swift PM branch in project.yml is "swiftpm-\(executorchVersion)"
-    /// (tests/test_apps_contract.py checks they agree with pyproject's executorch pin).
-    static let executorchVersion = "1.5.1"
+    /// ExecuTorch Swift PM branch in project.yml is "swiftpm-\(executorchVersion)", the
+    /// runtime release for pyproject's executorch pin (tests/test_apps_contract.py checks both).
+    static let executorchVersion = "1.5.0"
 
     static func open(format: String, url: URL, threads: Int) throws -> ModelRunner {
         switch format {
