@@ -15,9 +15,9 @@ from __future__ import annotations
 import functools
 import json
 import math
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 from pocketsize.errors import BadInput

@@ -8,11 +8,11 @@ import platform
 import resource
 import time
 
-from ort_runner import finish, measure, protocol_args
+from ort_runner import finish, measure, protocol_parser
 
 
 def main(argv=None):
-    a = protocol_args(argv)
+    a = protocol_parser().parse_args(argv)
 
     import coremltools as ct
     import numpy as np

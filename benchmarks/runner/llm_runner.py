@@ -19,12 +19,11 @@ position 0 and its next-token NLL summed; ``eval_outputs.bin`` holds K rows
 of float32 ``(nll_sum, predicted_tokens)``.
 """
 
-import argparse
 import os
 import time
 
 # the sibling ONNX runner's session and closing files (this script runs from its folder, on this host)
-from ort_runner import cpu_session, finish
+from ort_runner import cpu_session, finish, protocol_parser
 
 
 def _log_softmax_nll(logits, ids):
@@ -100,19 +99,11 @@ def _generation(step, np, prompt, decode, tf=None):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser()
-    p.add_argument("model")
+    p = protocol_parser(warmup=2, iterations=5)  # a generation costs far more than one forward
     p.add_argument("--format", required=True, choices=["executorch", "onnx"])
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--iterations", type=int, default=5)
-    p.add_argument("--min-duration-ms", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--vocab", type=int, required=True)
-    p.add_argument("--eval-input")
-    p.add_argument("--eval-count", type=int, default=0)
     p.add_argument("--eval-len", type=int, default=0)
     a = p.parse_args(argv)
 

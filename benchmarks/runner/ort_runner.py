@@ -36,18 +36,19 @@ def finish(out_dir, report):
     os.replace(tmp, os.path.join(out_dir, "report.json"))
 
 
-def protocol_args(argv=None):
-    """The runner protocol's command line (benchmarks/devices/base.py), shared by the Python runners."""
+def protocol_parser(warmup=5, iterations=20):
+    """The runner protocol's command line (benchmarks/devices/base.py), shared by
+    the Python runners; a runner adds its own options to it."""
     p = argparse.ArgumentParser()
     p.add_argument("model")
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=warmup)
+    p.add_argument("--iterations", type=int, default=iterations)
     p.add_argument("--min-duration-ms", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--eval-input")
     p.add_argument("--eval-count", type=int, default=0)
-    return p.parse_args(argv)
+    return p
 
 
 def measure(infer, shape, a):
@@ -58,7 +59,7 @@ def measure(infer, shape, a):
     import numpy as np
 
     n = int(np.prod(shape))
-    # deterministic, input-independent of any data: the same bytes on every device
+    # a fixed input, independent of any data: the same bytes on every device
     x = ((np.arange(n, dtype=np.uint64) * 2654435761 % 1000).astype(np.float32) / 1000.0 - 0.5).reshape(shape)
     t0 = time.perf_counter()
     out = infer(x)
@@ -82,7 +83,7 @@ def measure(infer, shape, a):
 
 
 def main(argv=None):
-    a = protocol_args(argv)
+    a = protocol_parser().parse_args(argv)
 
     import numpy as np
     import onnxruntime as ort
