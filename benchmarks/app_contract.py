@@ -5,7 +5,7 @@ launch arguments / XCTest environment the apps read, the file names on the
 device and the version of the report the apps write. The Kotlin and Swift
 sources spell the same keys as literals; ``tests/test_apps_contract.py`` checks
 they agree. The apps' benchmark modes follow the runner protocol of
-:mod:`benchmarks.devices.base` (``times.txt``, ``report.json``,
+:mod:`pocketsize.benchmarks.devices.base` (``times.txt``, ``report.json``,
 ``eval_outputs.bin``), so their output becomes a :class:`RunOutput` through the
 same :func:`collect_output` as every other device.
 """
@@ -28,7 +28,7 @@ CONTRACT_FILE = "app_contract.json"
 @functools.lru_cache(maxsize=1)
 def load_contract() -> dict[str, Any]:
     """The parsed ``app_contract.json`` shipped inside the ``benchmarks`` package."""
-    return json.loads(resources.files("benchmarks").joinpath(CONTRACT_FILE).read_text())
+    return json.loads(resources.files(__package__).joinpath(CONTRACT_FILE).read_text())
 
 
 def app_params(job: Any, *, artifact: str, out_dir: str, run_id: str,

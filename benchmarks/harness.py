@@ -1,4 +1,4 @@
-"""``benchmarks.run``: every artifact of an export folder on one device -> results.json + report.html."""
+"""``pocketsize.benchmarks.run``: every artifact of an export folder on one device -> results.json + report.html."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def prepare_eval(data: Any, manifest: dict, config: BenchConfig, device: Device,
         return None  # perplexity on device: issue 5; results keep "perplexity": None
     if isinstance(data, (str, Path)):
         try:
-            from compress.data import load_image_data
+            from pocketsize.data import load_image_data
         except ImportError as e:
             raise BadInput(f"--data needs compress.data ({e}); reinstall pocketsize") from None
         data = load_image_data(str(data), manifest.get("preprocessing") or {}, seed=config.seed)
@@ -295,7 +295,7 @@ def prepare_lm_eval(data: Any, manifest: dict, folder: Path, config: BenchConfig
     if data is None:
         return None
     if isinstance(data, (str, Path)):
-        from compress.text import load_text_data, load_tokenizer
+        from pocketsize.text import load_text_data, load_tokenizer
 
         tok_dir = (manifest.get("llm") or {}).get("tokenizer")
         if not tok_dir or not (folder / tok_dir).exists():

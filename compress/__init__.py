@@ -1,6 +1,6 @@
 """compress: personalized layered pruning of pre-trained ViTs and LLMs.
 
-Public verbs (CONTRACT.md): ``compress.prune`` and ``compress.load``. Heavy
+Public verbs (CONTRACT.md): ``pocketsize.compress.prune`` and ``pocketsize.compress.load``. Heavy
 modules are imported on first attribute access so ``import compress`` is fast.
 """
 
@@ -9,15 +9,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["prune", "load", "load_model", "PruneConfig", "Pruned", "METHODS"]
+__all__ = ["prune", "write_outputs", "load", "load_model", "PruneConfig", "Pruned", "METHODS"]
 
 _LAZY = {
-    "prune": "compress.pruning:prune",
-    "Pruned": "compress.pruning:Pruned",
-    "load": "compress.loading:load",
-    "load_model": "compress.loading:load_model",
-    "PruneConfig": "compress.config:PruneConfig",
-    "METHODS": "compress.methods:METHODS",
+    "prune": "pocketsize.compress.pruning:prune",
+    "write_outputs": "pocketsize.compress.outputs:write_outputs",
+    "Pruned": "pocketsize.compress.pruning:Pruned",
+    "load": "pocketsize.loading:load",
+    "load_model": "pocketsize.loading:load_model",
+    "PruneConfig": "pocketsize.compress.config:PruneConfig",
+    "METHODS": "pocketsize.compress.methods:METHODS",
 }
 
 

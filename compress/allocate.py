@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .loading import Loaded
+from pocketsize.loading import Loaded
 from .plan import count_params
 
 

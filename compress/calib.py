@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .loading import Loaded
+from pocketsize.loading import Loaded
 
 
 @dataclass

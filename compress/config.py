@@ -18,7 +18,7 @@ class PruneConfig:
     ratio: fraction of parameters to *keep* (0 < ratio <= 1), counted over the
         whole model including embeddings and head, so it matches what the
         exported file holds.
-    method: a key of ``compress.methods.METHODS`` (``hei`` by default).
+    method: a key of ``pocketsize.compress.methods.METHODS`` (``hei`` by default).
     buffer: step buffering on (several pruning steps with recovery and an undo
         guard) or off (one shot, the same total recovery budget).
     """

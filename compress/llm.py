@@ -1,6 +1,6 @@
 """The compress verb for causal language models.
 
-The same flow as ``compress.pruning.prune`` (methods registry, allocation,
+The same flow as ``pocketsize.compress.pruning.prune`` (methods registry, allocation,
 step buffering with an undo guard, recovery, ratio check) with the user's
 text instead of labelled images: calibration samples random token chunks,
 the metric is held-out perplexity, recovery is LM loss plus KL distillation
@@ -22,10 +22,10 @@ from pocketsize.errors import BadInput, TargetNotMet
 
 from .allocate import Budget, min_reachable
 from .config import PruneConfig
-from .loading import Loaded
+from pocketsize.loading import Loaded
 from .plan import count_params
-from .pruning import RATIO_TOLERANCE, Progress, Pruned, StepTask, Stepped, _plan_json, buffered_steps, count_macs
-from .text import SEQ_LEN, TextData, TextSplit, load_text_data, perplexity, token_nll
+from .steps import RATIO_TOLERANCE, Progress, Pruned, StepTask, Stepped, _plan_json, buffered_steps, count_macs
+from pocketsize.text import SEQ_LEN, TextData, TextSplit, load_text_data, perplexity, token_nll
 from .train import distill_kl, run_steps
 
 log = logging.getLogger(__name__)

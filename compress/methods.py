@@ -188,7 +188,7 @@ def hei_pred_scores(ctx: StepContext, stats, keep_frac: float, x: torch.Tensor) 
     at the level the user cares about."""
     import torch.nn.functional as F
 
-    from .models.base import head_index
+    from pocketsize.models.base import head_index
 
     ad, model = ctx.loaded.adapter, ctx.loaded.model
     dev = next(model.parameters()).device

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .loading import Loaded
+from pocketsize.loading import Loaded
 
 
 @dataclass

@@ -9,8 +9,8 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from .data import Split
-from .loading import Loaded
+from pocketsize.data import Split
+from pocketsize.loading import Loaded
 
 log = logging.getLogger(__name__)
 

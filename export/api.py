@@ -2,41 +2,35 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import platform
 import time
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from pocketsize.errors import ParityError
 from pocketsize.io import atomic_dir, check_out_dir, write_json
 
 from . import parity as _parity
+from .artifacts import MANIFEST_VERSION, OUTPUT_NAME, artifact_name, export_one, raise_failures, tool_versions  # noqa: F401
 from .config import ExportConfig
 from .source import Inputs, Source, make_inputs, resolve
-from .targets import BackendCannotExport, Job, get_target
+from .targets import Job
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 1
-OUTPUT_NAME = "logits"
-_TOOLS = ("pocketsize", "torch", "executorch", "torchao", "onnx", "onnxruntime", "onnxscript", "coremltools",
-          "timm", "transformers", "numpy")
 
 
 def export(model: Any, out_dir: str | Path, config: ExportConfig | None = None, *, data: Any = None) -> dict[str, Any]:
     """Write the artifacts ``config.targets`` asks for into ``out_dir`` with manifest.json.
 
-    ``model``: a MODEL spec or directory, a ``compress.loading.Loaded``, a stock
-    timm/transformers module, or an :class:`export.Source`. ``data``: an
-    already-loaded ``compress.data.ImageData`` (else ``config.data`` is read);
-    for a causal LM a ``compress.text.TextData``. Returns the manifest. Every
+    ``model``: a MODEL spec or directory, a ``pocketsize.loading.Loaded``, a stock
+    timm/transformers module, or an :class:`pocketsize.export.Source`. ``data``: an
+    already-loaded ``pocketsize.data.ImageData`` (else ``config.data`` is read);
+    for a causal LM a ``pocketsize.text.TextData``. Returns the manifest. Every
     artifact is written even when one fails; then ParityError (exit 3) names
-    the failures. Output is atomic. Causal LMs go through :mod:`export.llm`
+    the failures. Output is atomic. Causal LMs go through :mod:`pocketsize.export.llm`
     (KV-cached decoders, greedy-token parity).
     """
     config = config or ExportConfig()
@@ -65,56 +59,6 @@ def export(model: Any, out_dir: str | Path, config: ExportConfig | None = None, 
     return manifest
 
 
-def raise_failures(artifacts: list[dict[str, Any]], out_dir: str | Path) -> None:
-    """ParityError (exit 3) naming every artifact that failed to export or to match eager."""
-    bad = [a for a in artifacts if a["status"] != "ok" or a["parity"].get("passed") is False]
-    if bad:
-        what = "; ".join(f"{a['format']}: {a.get('error') or a['parity'].get('reason')}" for a in bad)
-        rest = "the others are in" if len(bad) < len(artifacts) else "details in"
-        raise ParityError(f"{len(bad)} of {len(artifacts)} artifact(s) failed ({what}); {rest} {out_dir}/manifest.json")
-
-
-def artifact_name(suffix: str, quantize: str) -> str:
-    return f"model.int8{suffix}" if quantize == "int8" else f"model{suffix}"
-
-
-def export_one(key: str, job: Any, tmp: Path, config: ExportConfig,
-               check: Callable[[Any, Path], dict[str, Any]], task: str = "image-classification") -> dict[str, Any]:
-    """Export one target and check it; the manifest record (never raises for a backend failure).
-
-    ``check(target, path)`` returns the parity record; an exception there means
-    the runtime refused the artifact."""
-    target = get_target(key, task)
-    rel = artifact_name(target.SUFFIX, config.quantize)
-    path = tmp / rel
-    rec: dict[str, Any] = {"format": key, "path": rel, "bytes": None, "sha256": None,
-                           "quantize": config.quantize, "precision": config.precision(key), "status": "ok"}
-    log.info("%s: exporting %s", key, rel)
-    t = time.perf_counter()
-    try:
-        info = target.export(job, path)
-    except BackendCannotExport as e:
-        log.error("%s: %s", key, e)
-        rec.update(status="failed", error=str(e), error_detail=e.detail, path=None,
-                   parity={"checked": False, "passed": False, "reason": f"not exported: {e}"})
-        _remove(path)
-        return rec
-    rec["export_seconds"] = round(time.perf_counter() - t, 3)
-    rec["bytes"], rec["sha256"] = digest(path)
-    t = time.perf_counter()
-    try:
-        rec["parity"] = check(target, path)
-    except Exception as e:  # the artifact exists but its runtime refuses it
-        msg = f"{target.BACKEND} could not run the artifact ({type(e).__name__}: {' '.join(str(e).split())[:300]})"
-        log.error("%s: %s", key, msg)
-        rec["status"] = "failed"
-        rec["error"] = msg
-        rec["parity"] = {"checked": False, "passed": False, "reason": msg}
-    rec["verify_seconds"] = round(time.perf_counter() - t, 3)
-    rec.update({k: v for k, v in info.items() if k not in rec})
-    return rec
-
-
 def _check_image(target: Any, path: Path, job: Job, inputs: Inputs, ref: torch.Tensor,
                  config: ExportConfig) -> dict[str, Any]:
     v = target.verify(path, job, inputs.parity)
@@ -131,47 +75,6 @@ def _check_image(target: Any, path: Path, job: Job, inputs: Inputs, ref: torch.T
     if v.structure:
         p["structure"] = v.structure
     return p
-
-
-def digest(path: Path) -> tuple[int, str]:
-    """(bytes, sha256) of a file, or of a directory's files in sorted order
-    (relative path and contents both hashed, so a rename changes the digest)."""
-    h = hashlib.sha256()
-    if path.is_file():
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return path.stat().st_size, h.hexdigest()
-    total = 0
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(f.relative_to(path).as_posix().encode() + b"\0")
-        h.update(f.read_bytes())
-        total += f.stat().st_size
-    return total, h.hexdigest()
-
-
-def _remove(path: Path) -> None:
-    import shutil
-
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists():
-        path.unlink()
-
-
-def tool_versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for name in _TOOLS:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    if out["pocketsize"] is None:  # running from a checkout, not installed
-        import pocketsize
-
-        out["pocketsize"] = pocketsize.__version__
-    out["python"] = platform.python_version()
-    return out
 
 
 def _manifest(src: Source, config: ExportConfig, job: Job, example_out: torch.Tensor, inputs: Inputs,

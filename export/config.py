@@ -19,7 +19,7 @@ _COREML_TARGET = re.compile(r"^(iOS|macOS|tvOS|watchOS)\d+$")
 class ExportConfig:
     """What to export and how strictly to check it.
 
-    targets: keys of ``export.targets.TARGETS`` (a tuple, or a comma string such
+    targets: keys of ``pocketsize.export.targets.TARGETS`` (a tuple, or a comma string such
         as ``"executorch,onnx"``).
     quantize: ``"none"`` (fp32; Core ML fp16 compute) or ``"int8"``.
     data: the user's ImageFolder; parity runs on its held-out split and int8
@@ -29,7 +29,7 @@ class ExportConfig:
     calib_samples: training images used to calibrate static int8.
     The ``*_atol`` / ``*_snr_db`` / ``*_top1`` fields are the pass thresholds per
     precision; they are written into every parity record.
-    Causal LMs (``export.llm``): ``data`` is the user's .txt file or folder (the
+    Causal LMs (``pocketsize.export.llm``): ``data`` is the user's .txt file or folder (the
     parity prompt is the start of a held-out chunk); ``lm_cache_len`` is the
     KV-cache size (prompt + generated tokens, capped by the model's positions);
     ``lm_new_tokens`` greedy tokens every artifact must reproduce;

@@ -1,7 +1,7 @@
 """export() for causal LMs: KV-cached decoders, checked by greedy generation.
 
 Every artifact runs ``forward(input_ids (1, T), cache_position (T,)) -> logits``
-over a fixed-size KV cache (``export.llm_cache``): T = prompt length to
+over a fixed-size KV cache (``pocketsize.export.llm_cache``): T = prompt length to
 prefill, T = 1 to decode. Parity: eager greedy-decodes ``lm_new_tokens`` tokens
 from a fixed prompt (full recompute, no cache: the plain model is the
 reference); the artifact prefills the prompt and is then fed eager's tokens
@@ -154,7 +154,7 @@ def frozen(model: nn.Module) -> Iterator[None]:
 
 def export_lm(src: Source, out_dir: str | Path, config: ExportConfig, data: Any, t0: float) -> dict[str, Any]:
     """export.export for a causal LM (called by it; see the module doc)."""
-    from .api import export_one, raise_failures
+    from .artifacts import export_one, raise_failures
     from .targets import get_target
 
     for key in config.targets:  # a format that cannot take LMs is bad input before minutes of work
@@ -162,7 +162,7 @@ def export_lm(src: Source, out_dir: str | Path, config: ExportConfig, data: Any,
     loaded = src.loaded
     model = loaded.model.eval()
     if config.data is not None and data is None:
-        from compress.text import text_files
+        from pocketsize.text import text_files
 
         text_files(config.data)  # a wrong --data is bad input even though parity uses the fixed prompt
     prompt, record = parity_prompt(loaded, config)
@@ -211,7 +211,7 @@ def _save_tokenizer(loaded: Any, tmp: Path) -> str | None:
 
 def _manifest(src: Source, config: ExportConfig, job: LMJob, record: dict[str, Any], tokens: list[int],
               tokenizer: str | None, artifacts: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    from .api import MANIFEST_VERSION, OUTPUT_NAME, tool_versions
+    from .artifacts import MANIFEST_VERSION, OUTPUT_NAME, tool_versions
     from .llm_cache import layer_kv_shapes
 
     cfg = job.model.config

@@ -34,7 +34,7 @@ from torch import nn
 
 def layer_kv_shapes(model: nn.Module) -> list[tuple[int, int]]:
     """(kv_heads, head_dim) of every layer, from the module weights."""
-    from compress.models.hf_causal_lm import HFCausalLMAdapter
+    from pocketsize.models.hf_causal_lm import HFCausalLMAdapter
 
     ad = HFCausalLMAdapter()
     return [(s["kv_heads"], s["head_dim"]) for s in (ad.real_shape(b) for b in ad.blocks(model))]

@@ -1,7 +1,7 @@
 """What export() accepts as a model, and the inputs it checks artifacts on.
 
 A model reaches export as a MODEL spec / directory (loaded through
-``compress.loading``), an already-loaded ``compress.loading.Loaded`` (or any
+``pocketsize.loading``), an already-loaded ``pocketsize.loading.Loaded`` (or any
 object with ``logits_module()`` and ``meta``), a stock timm/transformers module,
 or an explicit :class:`Source`.
 """
@@ -76,8 +76,8 @@ def resolve(obj: Any) -> Source:
 
 def _from_module(model: nn.Module) -> Source:
     try:
-        from compress.loading import Loaded
-        from compress.models import adapter_for
+        from pocketsize.loading import Loaded
+        from pocketsize.models import adapter_for
     except ImportError:  # pragma: no cover - compress ships with pocketsize
         raise BadInput("pass export.Source(module, meta) for a bare module") from None
     adapter = adapter_for(model)  # BadInput listing the supported families
@@ -88,7 +88,7 @@ def _from_module(model: nn.Module) -> Source:
 
 
 def _from_spec(spec: str | Path) -> Source:
-    from compress.loading import load_model
+    from pocketsize.loading import load_model
 
     s = str(spec)
     local = not s.split(":", 1)[0] in ("timm", "hf", "zoo")
@@ -124,14 +124,14 @@ class Inputs:
 def make_inputs(src: Source, config: Any, data: Any = None) -> Inputs:
     """Held-out images of the user's data when given, else seeded random inputs.
 
-    ``data`` may be an already-loaded ``compress.data.ImageData`` (saves
+    ``data`` may be an already-loaded ``pocketsize.data.ImageData`` (saves
     re-reading the folder when the caller has it); otherwise ``config.data``
     is read with the same seed compress used, so the held-out split is the
     one compress never trained on.
     """
     shape = src.input_shape()
     if data is None and config.data is not None:
-        from compress.data import load_image_data
+        from pocketsize.data import load_image_data
 
         data = load_image_data(config.data, src.preprocessing, seed=int(config.seed))
     if data is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -90,3 +91,20 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def digest(path: Path) -> tuple[int, str]:
+    """(bytes, sha256) of a file, or of a directory's files in sorted order
+    (relative path and contents both hashed, so a rename changes the digest)."""
+    h = hashlib.sha256()
+    if path.is_file():
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return path.stat().st_size, h.hexdigest()
+    total = 0
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0")
+        h.update(f.read_bytes())
+        total += f.stat().st_size
+    return total, h.hexdigest()

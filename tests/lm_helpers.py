@@ -63,7 +63,7 @@ def write_corpus(root: Path, kinds, layers: int = 4, mlp: int = 256) -> Path:
 def save_per_layer_cut(model_dir: Path, dest: Path):
     """The tiny Llama cut by hand so its layers differ (layer 0: one KV group,
     layer 1: half the MLP), saved as a pocketsize model dir; returns the Loaded."""
-    from compress.loading import load_model, save_model_dir
+    from pocketsize.loading import load_model, save_model_dir
 
     loaded = load_model(model_dir)
     ad = loaded.adapter

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.app_contract import check_params, load_contract
+from pocketsize.benchmarks.app_contract import check_params, load_contract
 from pocketsize.errors import BadInput
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,7 +194,7 @@ def test_check_params_refuses_unknown_and_missing():
 # Build-pipeline integration: the scripts call `pocketsize export` with flags it has.
 
 def _export_parser():
-    export_cli = pytest.importorskip("export.cli")
+    export_cli = pytest.importorskip("pocketsize.cli.export")
     parser = argparse.ArgumentParser(prog="pocketsize")
     export_cli.register(parser.add_subparsers(dest="cmd"))
     return parser

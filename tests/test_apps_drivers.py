@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.app_contract import load_contract
-from benchmarks.devices import get_device
-from benchmarks.devices.adb import AdbDevice, collect_app_output
-from benchmarks.devices.base import Job, RunnerCrashed, Unsupported
-from benchmarks.devices.ios import IosDevice
+from pocketsize.benchmarks.app_contract import load_contract
+from pocketsize.benchmarks.devices import get_device
+from pocketsize.benchmarks.devices.adb import AdbDevice, collect_app_output
+from pocketsize.benchmarks.devices.base import Job, RunnerCrashed, Unsupported
+from pocketsize.benchmarks.devices.ios import IosDevice
 
 ROOT = Path(__file__).resolve().parent.parent
 ANDROID_VECTOR = ROOT / "android-demo/test-vectors/executorch-out"
@@ -317,8 +317,8 @@ def test_ios_refuses_onnx():
                                                   (IOS_VECTOR, "ios", "coreml")])
 def test_app_test_vectors_become_results_json_entries(vector, platform, fmt, tmp_path):
     """What each app writes parses into a CONTRACT.md results.json entry via the harness."""
-    harness = pytest.importorskip("benchmarks.harness")
-    from benchmarks.config import BenchConfig
+    harness = pytest.importorskip("pocketsize.benchmarks.harness")
+    from pocketsize.benchmarks.config import BenchConfig
 
     job = _job(tmp_path, fmt=fmt, name="model.bin")
     out = collect_app_output(vector, job, "test-vector", platform)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.app_contract import load_contract
+from pocketsize.benchmarks.app_contract import load_contract
 
 ROOT = Path(__file__).resolve().parent.parent
 ANDROID = ROOT / "android-demo"

@@ -14,8 +14,8 @@ import pytest
 pytest.importorskip("executorch")
 pytest.importorskip("onnxruntime")
 
-from benchmarks import BenchConfig, run  # noqa: E402
-from benchmarks.testing import cached_exports, eager_accuracy, tiny_data  # noqa: E402
+from pocketsize.benchmarks import BenchConfig, run  # noqa: E402
+from bench_helpers import cached_exports, eager_accuracy, tiny_data  # noqa: E402
 
 RESULT_KEYS = {"variant", "format", "runtime", "threads", "warmup", "iterations", "load_ms",
                "first_inference_ms", "latency_ms", "peak_rss_mb", "memory", "eval_samples", "status", "error"}
@@ -52,7 +52,7 @@ def test_local_writes_every_contract_key_and_eager_accuracy(exports, tmp_path):
 
 
 def test_cli_bench_command(exports, tmp_path, capsys):
-    from benchmarks import cli
+    from pocketsize.cli import bench as cli
 
     parser = argparse.ArgumentParser(prog="pocketsize")
     cli.register(parser.add_subparsers(dest="command"))

@@ -9,8 +9,8 @@ pytest.importorskip("executorch")
 if shutil.which("qemu-aarch64-static") is None or shutil.which("aarch64-linux-gnu-g++") is None:
     pytest.skip("needs apt packages qemu-user-static and g++-aarch64-linux-gnu", allow_module_level=True)
 
-from benchmarks import BenchConfig, run  # noqa: E402
-from benchmarks.testing import eager_accuracy, tiny_data, tiny_export  # noqa: E402
+from pocketsize.benchmarks import BenchConfig, run  # noqa: E402
+from bench_helpers import eager_accuracy, tiny_data, tiny_export  # noqa: E402
 
 
 def test_qemu_runs_pte_with_eager_accuracy(tmp_path):
@@ -35,9 +35,9 @@ def test_qemu_runs_pte_with_eager_accuracy(tmp_path):
 def test_qemu_runs_llm_decode_loop_with_eager_perplexity(tmp_path):
     """The .pte of a tiny Llama through et_runner's decode loop on emulated ARM64:
     tokens/s come back and on-device perplexity equals eager's."""
-    import export
-    from compress.loading import load_model
-    from compress.text import TextSplit, load_text_data, perplexity
+    from pocketsize import export
+    from pocketsize.loading import load_model
+    from pocketsize.text import TextSplit, load_text_data, perplexity
     from lm_helpers import write_corpus
 
     corpus = write_corpus(tmp_path / "c", ("llama",), layers=2, mlp=128)

@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 
-from benchmarks.report import write_report
-from benchmarks.stats import latency_stats
+from pocketsize.benchmarks.report import write_report
+from pocketsize.benchmarks.stats import latency_stats
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 if CHROMIUM is None:

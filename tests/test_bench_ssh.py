@@ -19,8 +19,8 @@ pytest.importorskip("onnxruntime")
 import getpass  # noqa: E402
 import sys  # noqa: E402
 
-from benchmarks import BenchConfig, run  # noqa: E402
-from benchmarks.testing import eager_accuracy, tiny_data  # noqa: E402
+from pocketsize.benchmarks import BenchConfig, run  # noqa: E402
+from bench_helpers import eager_accuracy, tiny_data  # noqa: E402
 
 
 def _free_port() -> int:
@@ -62,7 +62,7 @@ def sshd(tmp_path_factory):
 
 
 def test_ssh_runs_executorch_and_onnx(sshd, tmp_path):
-    from benchmarks.testing import cached_exports
+    from bench_helpers import cached_exports
 
     art = cached_exports(tmp_path / "exp") / "original"
     data = tiny_data()

@@ -5,12 +5,12 @@ import shlex
 
 import pytest
 
-from benchmarks import BenchConfig
-from benchmarks.devices import get_device
-from benchmarks.devices.base import (Job, RunnerCrashed, collect_output, memory_from_proc, parse_probe,
+from pocketsize.benchmarks import BenchConfig
+from pocketsize.benchmarks.devices import get_device
+from pocketsize.benchmarks.devices.base import (Job, RunnerCrashed, collect_output, memory_from_proc, parse_probe,
                                      read_times)
-from benchmarks.report import render
-from benchmarks.stats import latency_stats, stability_warnings
+from pocketsize.benchmarks.report import render
+from pocketsize.benchmarks.stats import latency_stats, stability_warnings
 from pocketsize.errors import BadInput
 
 STATUS = "Name:\tet_runner\nVmHWM:\t   22608 kB\nVmRSS:\t   20000 kB\nRssAnon:\t    9188 kB\nRssFile:\t   13420 kB\nRssShmem:\t0 kB\n"
@@ -121,7 +121,7 @@ def test_report_is_self_contained_with_three_plots():
 
 
 def test_an_artifact_this_device_cannot_run_reads_as_not_run_not_failed():
-    from benchmarks.report import status_label, table_html
+    from pocketsize.benchmarks.report import status_label, table_html
 
     base = {"variant": "original", "format": "coreml", "quantize": "none", "latency_ms": {}, "bytes": 10}
     never = {**base, "status": "failed", "error": "unsupported: Core ML prediction needs macOS", "unsupported": True}

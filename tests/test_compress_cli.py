@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import compress
-from compress.loading import load_model
-from compress.plan import count_params
+from pocketsize import compress
+from pocketsize.loading import load_model
+from pocketsize.compress.plan import count_params
 from pocketsize.cli import main
 
 pytestmark = [pytest.mark.usefixtures("torch_one_thread"), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -230,14 +230,14 @@ def test_unreachable_ratio_exits_4_and_writes_nothing(timm_dir, image_folder, tm
 
 def test_failure_while_writing_leaves_no_output(timm_dir, image_folder, tmp_path, capsys, monkeypatch):
     """Atomic outputs: a crash half-way through writing leaves neither DIR nor a partial sibling."""
-    import compress.cli
+    from pocketsize.compress import outputs
 
     def half_then_crash(pruned, dest):
         (dest / "model").mkdir()
         (dest / "plan.json").write_text("{}")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(compress.cli, "write_outputs", half_then_crash)
+    monkeypatch.setattr(outputs, "write_outputs", half_then_crash)
     rc, _, err = _cli(["compress", timm_dir, "--data", image_folder, "--out", tmp_path / "out", *QUICK], capsys)
     assert rc == 1
     assert err.strip().splitlines() == ["pocketsize: error: RuntimeError: disk full (rerun with --debug for the traceback)"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from compress.data import list_image_folder, load_image_data
+from pocketsize.data import list_image_folder, load_image_data
 from pocketsize.errors import BadInput
 
 PP = {"input_size": [3, 32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bicubic",
@@ -51,7 +51,7 @@ def test_normalized_applies_mean_and_std(image_folder):
 
 
 def test_corrupt_images_are_counted_and_skipped(image_folder_factory, caplog):
-    caplog.set_level(logging.WARNING, logger="compress.data")
+    caplog.set_level(logging.WARNING, logger="pocketsize.data")
     root = image_folder_factory(classes=2, per_class=6)
     (root / "class_0" / "broken.png").write_bytes(b"this is not a png")
     (root / "class_1" / "notes.txt").write_text("ignored: not an image suffix")
@@ -78,13 +78,13 @@ def test_bad_layouts_raise_bad_input(layout, needle, tmp_path):
 
 
 def test_import_compress_stays_lean():
-    """`import compress` is instant and the compress stage never pulls in the export toolchains."""
-    code = ("import sys, compress\n"
-            "assert 'torch' not in sys.modules, 'import compress imported torch'\n"
-            "from compress import prune, load\n"
-            "import compress.cli, compress.loading, compress.methods\n"
-            "heavy = [m for m in ('executorch', 'onnx', 'onnxruntime', 'coremltools', 'export', 'benchmarks')"
-            " if m in sys.modules]\n"
+    """`import pocketsize.compress` is instant and the compress stage never pulls in the export toolchains."""
+    code = ("import sys, pocketsize.compress\n"
+            "assert 'torch' not in sys.modules, 'import pocketsize.compress imported torch'\n"
+            "from pocketsize.compress import prune, load\n"
+            "import pocketsize.compress.pruning, pocketsize.loading, pocketsize.compress.methods\n"
+            "heavy = [m for m in ('executorch', 'onnx', 'onnxruntime', 'coremltools', 'pocketsize.export',"
+            " 'pocketsize.benchmarks', 'pocketsize.cli') if m in sys.modules]\n"
             "assert not heavy, heavy\n")
     repo = Path(__file__).resolve().parents[1]
     p = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120,

@@ -12,13 +12,13 @@ import math
 import pytest
 import torch
 
-from compress.config import PruneConfig
-from compress.data import load_image_data
-from compress.loading import Loaded
-from compress.methods import METHODS, get_method
-from compress.models import adapter_for
-from compress.plan import count_params
-from compress import prune
+from pocketsize.compress.config import PruneConfig
+from pocketsize.data import load_image_data
+from pocketsize.loading import Loaded
+from pocketsize.compress.methods import METHODS, get_method
+from pocketsize.models import adapter_for
+from pocketsize.compress.plan import count_params
+from pocketsize.compress import prune
 from pocketsize.errors import BadInput
 
 pytestmark = [pytest.mark.usefixtures("torch_one_thread"), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -133,7 +133,7 @@ def test_different_seed_changes_random_plan(tiny_vit, data):
 
 def test_same_seed_same_plan_json_files(tiny_vit, image_folder, tmp_path):
     """Through the files the CLI writes: plan.json compares equal as dicts."""
-    from compress.cli import write_outputs
+    from pocketsize.compress import write_outputs
 
     for name in ("a", "b"):
         write_outputs(prune(_loaded(tiny_vit), str(image_folder), dataclasses.replace(FAST, seed=5)), tmp_path / name)
@@ -183,7 +183,7 @@ def test_cuda_prune_matches_cpu_and_returns_on_cpu(tiny_vit, data, method):
 
 
 def test_device_auto_resolves_and_missing_accelerator_is_bad_input():
-    from compress.pruning import resolve_device
+    from pocketsize.compress.pruning import resolve_device
 
     assert resolve_device("auto").type in ("cuda", "mps", "cpu")
     if not torch.cuda.is_available():
@@ -219,7 +219,7 @@ def test_taylor_scores_come_from_torch_pruning_and_equal_the_criterion(tiny_vit,
     per head and per channel that is |w * dL/dw| summed over the coupled layers."""
     import torch.nn.functional as F
 
-    from compress.methods import StepContext, _taylor
+    from pocketsize.compress.methods import StepContext, _taylor
 
     loaded = _loaded(tiny_vit, kind)
     if kind == "timm":

@@ -10,14 +10,14 @@ import json
 import pytest
 import torch
 
-import compress
-from compress.allocate import Budget
-from compress.cli import write_outputs
-from compress.config import PruneConfig
-from compress.loading import META_FILE, WEIGHTS_FILE, Loaded, save_model_dir
-from compress.models import adapter_for, adapter_names, get_adapter
-from compress.plan import Plan, apply_plan, count_params
-from compress import prune
+from pocketsize import compress
+from pocketsize.compress.allocate import Budget
+from pocketsize.compress import write_outputs
+from pocketsize.compress.config import PruneConfig
+from pocketsize.loading import META_FILE, WEIGHTS_FILE, Loaded, save_model_dir
+from pocketsize.models import adapter_for, adapter_names, get_adapter
+from pocketsize.compress.plan import Plan, apply_plan, count_params
+from pocketsize.compress import prune
 from conftest import TINY_VIT_KINDS
 from pocketsize.errors import BadInput
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import compress.zoo as zoo
-from compress.loading import load_model
-from compress.plan import count_params
+import pocketsize.zoo as zoo
+from pocketsize.loading import load_model
+from pocketsize.compress.plan import count_params
 from pocketsize.errors import BadInput
 
 pytestmark = [pytest.mark.usefixtures("torch_one_thread"), pytest.mark.filterwarnings("ignore::DeprecationWarning")]

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from export import ExportConfig, Source, export, target_names
-from export.api import digest
+from pocketsize.export import ExportConfig, Source, export, target_names
+from pocketsize.io import digest
 from pocketsize.errors import BadInput, ParityError
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -86,8 +86,8 @@ def _prune(model) -> None:
 
 
 def make_loaded(name: str):
-    from compress.loading import Loaded
-    from compress.models import adapter_for
+    from pocketsize.loading import Loaded
+    from pocketsize.models import adapter_for
 
     torch.manual_seed(0)
     base = name.replace("-pruned", "")
@@ -106,7 +106,7 @@ def make_loaded(name: str):
 
 def make_data(seed: int = 0):
     """Synthetic ImageFolder-like data: each class is a coloured image + noise."""
-    from compress.data import ImageData, Split
+    from pocketsize.data import ImageData, Split
 
     g = torch.Generator().manual_seed(seed)
     colours = torch.tensor([[200, 30, 30], [30, 200, 30], [30, 30, 200], [200, 200, 30]], dtype=torch.float)
@@ -344,8 +344,8 @@ def test_bad_model_dir_and_out(tmp_path):
 # --- CLI and packaging ----------------------------------------------------------
 
 def test_cli_on_a_compressed_model_dir(tmp_path, capsys):
-    from compress.loading import save_model_dir
-    from export.cli import register
+    from pocketsize.loading import save_model_dir
+    from pocketsize.cli.export import register
 
     loaded = make_loaded("timm-pruned")
     save_model_dir(loaded, tmp_path / "c" / "model")

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from compress.config import PruneConfig
-from compress.loading import load, load_model, save_model_dir
-from compress.pruning import prune
-from compress.text import load_text_data, perplexity, token_nll
+from pocketsize.compress.config import PruneConfig
+from pocketsize.loading import load, load_model, save_model_dir
+from pocketsize.compress.pruning import prune
+from pocketsize.text import load_text_data, perplexity, token_nll
 from pocketsize.errors import BadInput
 
 from lm_helpers import make_model, personal_text, write_corpus

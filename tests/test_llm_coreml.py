@@ -36,7 +36,7 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def coreml_cfg(**kw):
-    from export import ExportConfig
+    from pocketsize.export import ExportConfig
 
     return ExportConfig(**{"targets": "coreml", "lm_cache_len": CACHE, **kw})
 
@@ -44,7 +44,7 @@ def coreml_cfg(**kw):
 @pytest.fixture(scope="module")
 def exports(corpus, tmp_path_factory):
     """get(kind) -> manifest of its fp16 Core ML export (each kind exported once per module)."""
-    import export
+    from pocketsize import export
 
     done: dict[str, dict] = {}
 
@@ -58,7 +58,7 @@ def exports(corpus, tmp_path_factory):
 
 def assert_stateful_artifact(m: dict) -> dict:
     """The one Core ML artifact: ok, honest parity, and the interface of export.llm in its spec."""
-    from export.targets.coreml import NO_PREDICT_REASON
+    from pocketsize.export.targets.coreml import NO_PREDICT_REASON
 
     assert m["task"] == "causal-lm"
     (a,) = m["artifacts"]
@@ -92,7 +92,7 @@ def test_export_stateful_mlpackage(exports, kind):
 
 def test_per_layer_widths_become_per_layer_states(corpus, tmp_path):
     """A hand-cut model whose layers keep different KV-head counts: each state has its layer's width."""
-    import export
+    from pocketsize import export
     from lm_helpers import save_per_layer_cut
 
     save_per_layer_cut(corpus / "llama", tmp_path / "model")
@@ -102,7 +102,7 @@ def test_per_layer_widths_become_per_layer_states(corpus, tmp_path):
 
 
 def test_int8_weights(corpus, exports, tmp_path):
-    import export
+    from pocketsize import export
 
     fp = exports("qwen2")["artifacts"][0]
     m = export.export(corpus / "qwen2", tmp_path / "int8", coreml_cfg(quantize="int8"))
@@ -118,9 +118,9 @@ def test_converted_program_generates_eager_greedy_tokens(corpus):
     (now stale) cache too: positions come from cache_position, no reset."""
     import torch
 
-    from compress.loading import load_model
-    from export.llm import LMJob, compare_lm, frozen, greedy_reference, stepped_logits
-    from export.targets.llm_coreml import _exported
+    from pocketsize.loading import load_model
+    from pocketsize.export.llm import LMJob, compare_lm, frozen, greedy_reference, stepped_logits
+    from pocketsize.export.targets.llm_coreml import _exported
 
     model = load_model(corpus / "qwen2").model.eval()
     prompt = torch.randint(2, int(model.config.vocab_size), (1, 9), generator=torch.Generator().manual_seed(0))
@@ -134,8 +134,8 @@ def test_converted_program_generates_eager_greedy_tokens(corpus):
 
 def test_unconvertible_graph_is_a_one_line_failure(corpus, tmp_path, monkeypatch):
     """A graph coremltools cannot take fails the artifact with one line naming the op."""
-    import export
-    from export.targets import llm_coreml
+    from pocketsize import export
+    from pocketsize.export.targets import llm_coreml
     from pocketsize.errors import ParityError
 
     monkeypatch.setattr(llm_coreml, "_drop_aliases", lambda ep: ep)  # leaves aten.alias, unknown to coremltools

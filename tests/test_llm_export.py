@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from compress.config import PruneConfig
-from compress.loading import load_model, save_model_dir
-from compress.pruning import prune
-from compress.text import load_text_data, perplexity
+from pocketsize.compress.config import PruneConfig
+from pocketsize.loading import load_model, save_model_dir
+from pocketsize.compress.pruning import prune
+from pocketsize.text import load_text_data, perplexity
 from pocketsize.errors import BadInput
 
 from lm_helpers import save_per_layer_cut, write_corpus
@@ -41,7 +41,7 @@ def prune_cfg(**kw) -> PruneConfig:
 
 
 def export_cfg(**kw):
-    from export import ExportConfig
+    from pocketsize.export import ExportConfig
 
     return ExportConfig(**{"targets": "executorch,onnx", "lm_cache_len": 96, **kw})
 
@@ -61,7 +61,7 @@ def assert_greedy_parity(manifest: dict, n: int = 16) -> None:
 def test_prune_reload_export_with_greedy_parity(corpus, kind, tmp_path):
     """ratio 0.7 within 1%, saved and reloaded, then .pte and .onnx generate
     eager's 16 greedy tokens; each artifact's cache follows the pruned widths."""
-    import export
+    from pocketsize import export
 
     pruned = prune(str(corpus / kind), str(corpus / "personal.txt"), prune_cfg())
     assert abs(pruned.report["params_ratio"] - 0.7) <= 0.01
@@ -69,7 +69,7 @@ def test_prune_reload_export_with_greedy_parity(corpus, kind, tmp_path):
     reloaded = load_model(tmp_path / "model")
     m = export.export(tmp_path / "model", tmp_path / "out", export_cfg())
     assert_greedy_parity(m)
-    from benchmarks.harness import infer_variant
+    from pocketsize.benchmarks.harness import infer_variant
 
     assert m["compression"]["ratio"] == 0.7 and infer_variant(m) == "compressed"  # a lone export is labelled right
     shapes = reloaded.adapter.layer_shapes(reloaded.model)
@@ -85,7 +85,7 @@ def test_prune_reload_export_with_greedy_parity(corpus, kind, tmp_path):
 def test_per_layer_widths_export(corpus, tmp_path):
     """Layers with different KV-head counts (not describable by the config) export
     with a per-layer cache: no --uniform needed."""
-    import export
+    from pocketsize import export
 
     save_per_layer_cut(corpus / "llama", tmp_path / "model")
     m = export.export(tmp_path / "model", tmp_path / "out", export_cfg())
@@ -95,7 +95,7 @@ def test_per_layer_widths_export(corpus, tmp_path):
 
 
 def test_int8_artifacts(corpus, tmp_path):
-    import export
+    from pocketsize import export
 
     fp = export.export(corpus / "qwen2", tmp_path / "fp32", export_cfg())
     q = export.export(corpus / "qwen2", tmp_path / "int8", export_cfg(quantize="int8"))
@@ -110,7 +110,7 @@ def test_int8_artifacts(corpus, tmp_path):
 
 @pytest.fixture(scope="module")
 def exported(corpus, tmp_path_factory) -> Path:
-    import export
+    from pocketsize import export
 
     out = tmp_path_factory.mktemp("lm_bench") / "export"
     export.export(corpus / "gpt2", out, export_cfg())
@@ -118,14 +118,14 @@ def exported(corpus, tmp_path_factory) -> Path:
 
 
 def test_bench_reports_tokens_per_second_and_device_perplexity(corpus, exported, tmp_path):
-    import benchmarks
+    from pocketsize import benchmarks
 
     cfg = benchmarks.BenchConfig(warmup=1, iterations=2, prompt_tokens=16, decode_tokens=8, eval_samples=3)
     loaded = load_model(corpus / "gpt2")
     data = load_text_data(corpus / "personal.txt", loaded.tokenizer, seed=0, seq_len=SEQ_LEN)
     doc = benchmarks.run(exported, "local", cfg, data=data, out_dir=tmp_path / "bench")
     assert (tmp_path / "bench" / "results.json").exists() and (tmp_path / "bench" / "report.html").exists()
-    from compress.text import TextSplit
+    from pocketsize.text import TextSplit
 
     eager = perplexity(loaded, TextSplit(data.test.ids[:3]))
     for r in doc["results"]:
@@ -185,7 +185,7 @@ def test_cli_export_coreml_of_an_lm_succeeds(corpus, tmp_path):
 
 
 def test_bad_lm_export_options(corpus, tmp_path):
-    import export
+    from pocketsize import export
 
     with pytest.raises(BadInput, match="lm_cache_len"):
         export_cfg(lm_cache_len=8)
@@ -197,8 +197,8 @@ def test_bad_lm_export_options(corpus, tmp_path):
 
 def test_lm_bench_devices():
     """.pte decode loops run where et_runner runs (host, qemu, ssh); .onnx on the host; the apps have none."""
-    from benchmarks.devices.base import Device
-    from benchmarks.harness import lm_unsupported_reason
+    from pocketsize.benchmarks.devices.base import Device
+    from pocketsize.benchmarks.harness import lm_unsupported_reason
 
     def device(kind_: str) -> Device:
         class Remote(Device):

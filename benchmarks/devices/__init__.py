@@ -14,11 +14,11 @@ from .base import Device, DeviceError, Job, RunOutput  # noqa: F401
 
 #: registry key -> "module:Class"; the key is the part of the spec before ":" / "://"
 DEVICES: dict[str, str] = {
-    "local": "benchmarks.devices.local:LocalDevice",
-    "qemu-aarch64": "benchmarks.devices.qemu:QemuAarch64Device",
-    "ssh": "benchmarks.devices.ssh:SshDevice",
-    "adb": "benchmarks.devices.adb:AdbDevice",
-    "ios": "benchmarks.devices.ios:IosDevice",
+    "local": "pocketsize.benchmarks.devices.local:LocalDevice",
+    "qemu-aarch64": "pocketsize.benchmarks.devices.qemu:QemuAarch64Device",
+    "ssh": "pocketsize.benchmarks.devices.ssh:SshDevice",
+    "adb": "pocketsize.benchmarks.devices.adb:AdbDevice",
+    "ios": "pocketsize.benchmarks.devices.ios:IosDevice",
 }
 
 USAGE = "local, qemu-aarch64, ssh://user@host[:port], adb[:serial], ios[:udid]"

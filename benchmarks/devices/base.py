@@ -2,7 +2,7 @@
 
 A *device* is somewhere an artifact can be executed: this host, emulated ARM64,
 a board over ssh, a phone over adb, an iPhone through Xcode. The harness in
-``benchmarks.harness`` never talks to a device directly; it builds a
+``pocketsize.benchmarks.harness`` never talks to a device directly; it builds a
 :class:`Job`, hands it to :meth:`Device.run`, and gets a :class:`RunOutput`
 back (or a :class:`DeviceError`, which becomes ``"status": "failed"``).
 
@@ -120,7 +120,7 @@ class RunOutput:
 
 
 class Device(abc.ABC):
-    """A place to run artifacts. Subclasses register in ``benchmarks.devices``.
+    """A place to run artifacts. Subclasses register in ``pocketsize.benchmarks.devices``.
 
     Lifecycle: ``dev = get_device("ssh://pi@board")``; ``dev.describe()`` once;
     ``dev.run(job, work)`` per artifact (each run in its own process on the

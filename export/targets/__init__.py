@@ -18,16 +18,16 @@ import torch
 from pocketsize.errors import BadInput
 
 _TARGETS: dict[str, str] = {
-    "executorch": "export.targets.executorch",
-    "onnx": "export.targets.onnx",
-    "coreml": "export.targets.coreml",
+    "executorch": "pocketsize.export.targets.executorch",
+    "onnx": "pocketsize.export.targets.onnx",
+    "coreml": "pocketsize.export.targets.coreml",
 }
 # causal LMs: the same format keys, modules that export a KV-cached decoder
 # (see export.llm). A format missing here cannot take language models yet.
 _LM_TARGETS: dict[str, str] = {
-    "executorch": "export.targets.llm_executorch",
-    "onnx": "export.targets.llm_onnx",
-    "coreml": "export.targets.llm_coreml",
+    "executorch": "pocketsize.export.targets.llm_executorch",
+    "onnx": "pocketsize.export.targets.llm_onnx",
+    "coreml": "pocketsize.export.targets.llm_coreml",
 }
 
 

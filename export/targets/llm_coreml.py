@@ -5,7 +5,7 @@ like the .pte. T is a flexible dimension (1..cache_len, torch.export's dynamic
 dim becomes a Core ML range), so prefill and decode are one model. Each
 layer's cache is a pair of states ``k_cache_i`` / ``v_cache_i`` of shape
 (1, kv_heads_i, cache_len, head_dim_i), read and written in place by the model
-(``export.llm_cache`` mode ``state``): per-layer widths of a pruned model are
+(``pocketsize.export.llm_cache`` mode ``state``): per-layer widths of a pruned model are
 just different state shapes. Apps keep one ``MLState`` (``makeState()``) per
 conversation; a new sequence starts again at position 0 (stale entries past
 the current position are masked).

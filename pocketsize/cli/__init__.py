@@ -13,8 +13,8 @@ import os
 import sys
 import traceback
 
-from . import __version__
-from .errors import PocketsizeError
+from pocketsize import __version__
+from pocketsize.errors import PocketsizeError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,22 +23,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import benchmarks.cli
-    import compress.cli
-    import export.cli
-
-    from . import pipeline
+    from . import bench, compress, export, run
 
     parser = _Parser(prog="pocketsize", description="Personalized pruning + phone export + on-device benchmarks.")
     parser.add_argument("--version", action="version", version=f"pocketsize {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    compress.cli.register(sub)
-    compress.cli.register_models(sub)
-    export.cli.register(sub)
-    benchmarks.cli.register(sub)
-    pipeline.register(sub)
+    compress.register(sub)
+    compress.register_models(sub)
+    export.register(sub)
+    bench.register(sub)
+    run.register(sub)
     return parser
 
 
@@ -54,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR if not args.debug else logging.DEBUG)
     # getLogger("root") *is* the root logger, whose level every unset logger inherits:
     # give pocketsize's own packages the chosen level explicitly so their warnings show
-    for ours in ("pocketsize", "compress", "export", "benchmarks"):
+    for ours in ("pocketsize",):
         logging.getLogger(ours).setLevel(level)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:

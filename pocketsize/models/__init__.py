@@ -15,9 +15,9 @@ from .base import Adapter, BlockShape  # noqa: F401
 # family name -> "module:Class"; modules are imported on first use so that
 # `import compress` stays light.
 _ADAPTERS: dict[str, str] = {
-    "timm-vit": "compress.models.timm_vit:TimmViTAdapter",
-    "hf-vision": "compress.models.hf_vision:HFVisionAdapter",
-    "hf-causal-lm": "compress.models.hf_causal_lm:HFCausalLMAdapter",
+    "timm-vit": "pocketsize.models.timm_vit:TimmViTAdapter",
+    "hf-vision": "pocketsize.models.hf_vision:HFVisionAdapter",
+    "hf-causal-lm": "pocketsize.models.hf_causal_lm:HFCausalLMAdapter",
 }
 
 

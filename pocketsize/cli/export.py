@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from .targets import target_names
+from pocketsize.export.targets import target_names
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from . import ExportConfig, export
+    from pocketsize.export import ExportConfig, export
 
     config = ExportConfig(targets=args.to, quantize=args.quantize, data=args.data, seed=args.seed,
                           parity_samples=args.parity_samples, calib_samples=args.calib_samples,

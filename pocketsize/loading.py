@@ -9,56 +9,21 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from pocketsize.errors import BadInput, PocketsizeError
 
 from .models import Adapter, adapter_for, get_adapter
+from .models.base import Loaded  # noqa: F401  (the loaded-model record lives with the adapters)
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 META_FILE = "pocketsize.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-@dataclass
-class Loaded:
-    model: nn.Module
-    adapter: Adapter
-    meta: dict[str, Any] = field(default_factory=dict)
-    tokenizer: Any = None  # language models: the transformers tokenizer saved with them
-
-    @property
-    def task(self) -> str:
-        return self.meta.get("task", self.adapter.task)
-
-    def logits_module(self) -> nn.Module:
-        """forward(x) -> logits as a plain tensor (what exporters trace)."""
-        return _LogitsModule(self.model, self.adapter).eval()
-
-    def refresh_meta(self) -> None:
-        """Recompute the parts of meta that follow from the model itself."""
-        self.meta["family"] = self.adapter.name
-        self.meta["task"] = self.adapter.task
-        self.meta["layers"] = self.adapter.layer_shapes(self.model)
-        self.meta["architecture"] = self.adapter.describe(self.model)
-        self.meta["params"] = sum(p.numel() for p in self.model.parameters())
-
-
-class _LogitsModule(nn.Module):
-    def __init__(self, model: nn.Module, adapter: Adapter):
-        super().__init__()
-        self.model = model
-        self._adapter = adapter
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._adapter.logits(self.model, x)
 
 
 # --- spec resolution -------------------------------------------------------
@@ -179,7 +144,7 @@ def _load_hf(ident: str, source: str, **kwargs: Any) -> Loaded:
     try:
         from .models.hf_causal_lm import load_causal_lm  # LLMs: separate module
     except ModuleNotFoundError as e:
-        if e.name != "compress.models.hf_causal_lm":
+        if e.name != "pocketsize.models.hf_causal_lm":
             raise
         raise BadInput(f"{source} ({cfg.model_type}) is not a vision transformer and language-model support is "
                        "not installed; pass a ViT/DeiT/Dinov2 or timm VisionTransformer") from None

@@ -1,8 +1,8 @@
 """hei against the baselines of METHOD.md, same model, data, size and budget.
 
-    python -m benchmarks.suites.methods --out docs/results.md            # the full tables
-    python -m benchmarks.suites.methods --quick --out /tmp/results.md    # minutes, what CI runs
-    python -m benchmarks.suites.methods --task llm --out docs/results.md # only the language-model rows
+    python -m experiments.methods --out docs/results.md            # the full tables
+    python -m experiments.methods --quick --out /tmp/results.md    # minutes, what CI runs
+    python -m experiments.methods --task llm --out docs/results.md # only the language-model rows
 
 Each (user, seed) personalizes the model once; every method then prunes a
 copy of that same personalized model with the same recovery budget. Rows are
@@ -17,7 +17,7 @@ cuda --jobs 8`` runs the prunes in parallel worker processes on a GPU;
 ``--latency`` then exports one artifact per distinct architecture and times
 it on this host (a separate pass, so parallel pruning never disturbs timing).
 The language-model rows (SmolLM2-135M on two users' text) are in
-``benchmarks.suites.llm``; they share this driver, its rows file and its output.
+``experiments.llm``; they share this driver, its rows file and its output.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import statistics
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.suites import llm
+from experiments import llm
+from experiments.common import host, plan_widths, provenance
 
 SUBSETS = {  # Fashion-MNIST classes: two different "users"
     "A (T-shirt/Trouser/Sandal/Boot)": (0, 1, 5, 9),
@@ -59,7 +59,7 @@ def parse_spec(spec: str) -> tuple[str, dict, bool]:
 
 
 def _user_folder(classes, per_class: int) -> Path:
-    from compress.zoo import cache_dir
+    from pocketsize.zoo import cache_dir
     from pocketsize.datasets import make_fashion_subset
 
     return make_fashion_subset(cache_dir().parent / "data" / f"fashion-{''.join(map(str, classes))}-{per_class}",
@@ -81,7 +81,7 @@ def _zoo_model(round_to: str | None):
     weights then use exactly the same model as runs here."""
     import torch
 
-    from compress.loading import load_model
+    from pocketsize.loading import load_model
 
     loaded = load_model("zoo:dinov2-small")
     if round_to:
@@ -95,8 +95,8 @@ def _personalized(subset: str, seed: int, per_class: int, base, device: str, rou
     """The (subset, seed) personalized model and data, built once per process."""
     key = (subset, seed)
     if key not in _CACHE:
-        from compress.data import load_image_data
-        from compress.pruning import personalize, resolve_device
+        from pocketsize.data import load_image_data
+        from pocketsize.compress.pruning import personalize, resolve_device
 
         loaded = _zoo_model(round_to)
         data = load_image_data(_user_folder(SUBSETS[subset], per_class), loaded.meta["preprocessing"], seed=seed)
@@ -109,7 +109,7 @@ def _personalized(subset: str, seed: int, per_class: int, base, device: str, rou
 
 
 def _generic(subset: str, seed: int, pp):
-    from compress.data import load_image_data
+    from pocketsize.data import load_image_data
 
     key = ("generic", subset, seed)
     if key not in _CACHE:
@@ -132,7 +132,7 @@ def run_job(job: dict) -> dict:
 def _prune_row(job: dict) -> dict:
     import torch
 
-    import compress
+    from pocketsize import compress
 
     torch.set_num_threads(job["threads"])
     base = compress.PruneConfig(**job["base"])
@@ -154,22 +154,10 @@ def _prune_row(job: dict) -> dict:
             "widths": plan_widths(pruned.plan)}
 
 
-def host(device: str) -> str:
-    import os
-
-    import torch
-    import transformers
-
-    where = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"{platform.machine()} CPU"
-    return f"{where}, {os.cpu_count()} cores, torch {torch.__version__}, transformers {transformers.__version__}"
-
-
-# --- latency: one export per distinct architecture, timed on this host -----------
-
 def _architecture(widths: list[int] | None, labels: int):
     """The zoo model cut to ``widths`` (kept heads, channels per block; None:
     unpruned), with a ``labels``-way head; weights do not matter for timing."""
-    from compress.plan import Plan, apply_plan
+    from pocketsize.compress.plan import Plan, apply_plan
 
     loaded = _zoo_model(None)
     names = [f"c{i}" for i in range(labels)]
@@ -186,8 +174,8 @@ def _latency(widths: list[int] | None, labels: int) -> dict:
     """p50 of the exported ONNX and ExecuTorch artifacts on this host (1 thread)."""
     import tempfile
 
-    import benchmarks
-    import export
+    from pocketsize import benchmarks
+    from pocketsize import export
 
     loaded = _architecture(widths, labels)
     out = {}
@@ -262,22 +250,6 @@ def _verdict(sub: list[dict], ratios) -> list[str]:
     return out
 
 
-def provenance(rows: list[dict]) -> list[str]:
-    """One line per (host, weights, suite arguments) with its row count."""
-    prov: dict[tuple, int] = {}
-    for r in rows:
-        if r["method"] != "unpruned":
-            k = (r.get("host", "?"), r.get("weights", "fp32"), r.get("cmd", ""))
-            prov[k] = prov.get(k, 0) + 1
-    return [f"- {n} rows on {h} (weights {w}): `{c or '?'}`" for (h, w, c), n in sorted(prov.items())]
-
-
-def plan_widths(plan: dict) -> list[int]:
-    """Kept units per original block, flat (heads or KV groups, MLP channels, ...);
-    a removed block keeps 0 of each. ``compress.plan.Plan.of_widths`` reads it back."""
-    return [u["kept"] for u in plan["units"]]
-
-
 def render(rows: list[dict], args) -> str:
     lm_rows = [r for r in rows if r.get("task") == "llm"]
     rows = [r for r in rows if r.get("task") != "llm"]
@@ -286,7 +258,7 @@ def render(rows: list[dict], args) -> str:
              f"{args.per_class} images per class, split 50/15/35 train/val/held-out test (seeded per seed).",
              f"Recovery budget: {args.recovery_steps} optimizer steps (batch 32) for every method. "
              "Accuracy: held-out top-1, mean [min-max] over seeds, in %.", "",
-             "Where the rows come from (`python -m benchmarks.suites.methods ARGS`, rows in results.jsonl):", ""]
+             "Where the rows come from (`python -m experiments.methods ARGS`, rows in results.jsonl):", ""]
     lines += provenance(rows) + [""]
     for subset in sorted({r["subset"] for r in rows if r["subset"] != "-"}):
         sub = [r for r in rows if r["subset"] == subset]
@@ -396,7 +368,7 @@ def main(argv=None) -> int:
 
     import os
 
-    import compress
+    from pocketsize import compress
 
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
     out = Path(args.out)
@@ -441,7 +413,7 @@ def main(argv=None) -> int:
     if args.jobs > 1 and jobs:
         import multiprocessing as mp
 
-        from benchmarks.suites.methods import run_job as job_fn  # by module name: spawn workers import it
+        from experiments.methods import run_job as job_fn  # by module name: spawn workers import it
 
         with mp.get_context("spawn").Pool(args.jobs) as pool:
             for row in pool.imap_unordered(job_fn, jobs):

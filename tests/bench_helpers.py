@@ -2,7 +2,7 @@
 
 ``tiny_export(out, variant)`` writes an export folder (model.pte, model.onnx,
 manifest.json with CONTRACT.md keys) for a small random timm ViT;
-``tiny_data()`` gives a held-out split in the shape ``compress.data`` returns.
+``tiny_data()`` gives a held-out split in the shape ``pocketsize.data`` returns.
 Built once per process and cached, so several test modules can share them.
 """
 

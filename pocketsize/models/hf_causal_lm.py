@@ -300,7 +300,7 @@ class HFCausalLMAdapter(Adapter):
 
     def load_extras(self, loaded, path: Path) -> None:
         if any((Path(path) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
-            from compress.text import load_tokenizer
+            from pocketsize.text import load_tokenizer
 
             loaded.tokenizer = load_tokenizer(path)
 
@@ -331,7 +331,7 @@ def load_causal_lm(ident: str, cfg, source: str, **kwargs: Any):
     """A stock transformers causal LM from a save_pretrained dir or hub id."""
     import transformers
 
-    from compress.loading import Loaded
+    from .base import Loaded
 
     archs = [a for a in (getattr(cfg, "architectures", None) or []) if a in _CLASSES]
     cls_name = archs[0] if archs else _BY_MODEL_TYPE.get(getattr(cfg, "model_type", None))
@@ -350,7 +350,7 @@ def load_causal_lm(ident: str, cfg, source: str, **kwargs: Any):
     loaded = Loaded(model.eval(), adapter, {"source": source, "task": adapter.task})
     tok_dir = Path(ident) if Path(ident).exists() else ident
     try:
-        from compress.text import load_tokenizer
+        from pocketsize.text import load_tokenizer
 
         loaded.tokenizer = load_tokenizer(tok_dir)
     except BadInput:

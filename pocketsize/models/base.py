@@ -15,7 +15,7 @@ count, how to rebuild the model from a shape record.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -66,7 +66,7 @@ def head_index(heads: Sequence[int], head_dim: int) -> torch.Tensor:
 
 
 class Adapter:
-    """Base class; subclasses are registered in ``compress.models``."""
+    """Base class; subclasses are registered in ``pocketsize.models``."""
 
     name: str = ""
     task: str = "image-classification"
@@ -191,3 +191,37 @@ class ImageClassifierAdapter(Adapter):
     def preprocessing(self, model: nn.Module) -> dict[str, Any]:
         """{"input_size": [3, H, W], "mean", "std", "interpolation", "crop_pct"}."""
         raise NotImplementedError
+
+
+@dataclass
+class Loaded:
+    model: nn.Module
+    adapter: Adapter
+    meta: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Any = None  # language models: the transformers tokenizer saved with them
+
+    @property
+    def task(self) -> str:
+        return self.meta.get("task", self.adapter.task)
+
+    def logits_module(self) -> nn.Module:
+        """forward(x) -> logits as a plain tensor (what exporters trace)."""
+        return _LogitsModule(self.model, self.adapter).eval()
+
+    def refresh_meta(self) -> None:
+        """Recompute the parts of meta that follow from the model itself."""
+        self.meta["family"] = self.adapter.name
+        self.meta["task"] = self.adapter.task
+        self.meta["layers"] = self.adapter.layer_shapes(self.model)
+        self.meta["architecture"] = self.adapter.describe(self.model)
+        self.meta["params"] = sum(p.numel() for p in self.model.parameters())
+
+
+class _LogitsModule(nn.Module):
+    def __init__(self, model: nn.Module, adapter: Adapter):
+        super().__init__()
+        self.model = model
+        self._adapter = adapter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._adapter.logits(self.model, x)

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def add_lm_args(p: argparse.ArgumentParser) -> None:
     """The generation shape of a language-model bench (shared with ``pocketsize run``)."""
-    from .config import BenchConfig
+    from pocketsize.benchmarks.config import BenchConfig
 
     d = BenchConfig()
     p.add_argument("--prompt-tokens", type=int, default=d.prompt_tokens, metavar="N",
@@ -46,7 +46,7 @@ def add_lm_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from . import BenchConfig, run
+    from pocketsize.benchmarks import BenchConfig, run
 
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip()) if args.formats else None
     config = BenchConfig(warmup=args.warmup, iterations=args.iterations, min_duration_s=args.min_duration,

@@ -45,7 +45,7 @@ def subset_name(corpus: str) -> str:
 def corpus_file(corpus: str) -> Path:
     """The fortunes category as plain text (the ``%`` separators dropped),
     written once under the pocketsize cache."""
-    from compress.zoo import cache_dir
+    from pocketsize.zoo import cache_dir
 
     src = FORTUNES / corpus
     if not src.is_file():
@@ -65,14 +65,14 @@ _CACHE: dict = {}
 
 def _model():
     if "model" not in _CACHE:
-        from compress.loading import load_model
+        from pocketsize.loading import load_model
 
         _CACHE["model"] = load_model(MODEL)
     return _CACHE["model"]
 
 
 def _data(corpus: str, seed: int, seq_len: int):
-    from compress.text import load_text_data
+    from pocketsize.text import load_text_data
 
     key = (corpus, seed, seq_len)
     if key not in _CACHE:
@@ -83,10 +83,10 @@ def _data(corpus: str, seed: int, seq_len: int):
 def prune_row(job: dict) -> dict:
     import torch
 
-    import compress
-    from benchmarks.suites.methods import host, plan_widths
-    from compress.llm import prune_lm
-    from compress.text import SEQ_LEN
+    from pocketsize import compress
+    from experiments.common import host, plan_widths
+    from pocketsize.compress.llm import prune_lm
+    from pocketsize.text import SEQ_LEN
 
     torch.set_num_threads(job["threads"])
     base = compress.PruneConfig(**job["base"])
@@ -108,7 +108,7 @@ def prune_row(job: dict) -> dict:
 
 def architecture(flat: list[int] | None):
     """SmolLM2 cut to ``flat`` (see ``methods.plan_widths``); weights do not change timing."""
-    from compress.plan import Plan, apply_plan
+    from pocketsize.compress.plan import Plan, apply_plan
 
     loaded = copy.deepcopy(_model())
     if flat is None:
@@ -124,8 +124,8 @@ def decode_speed(flat: list[int] | None, formats=DECODE_FORMATS) -> dict:
     """Decode tokens/s of the fp32 exports on this host (1 thread)."""
     import tempfile
 
-    import benchmarks
-    import export
+    from pocketsize import benchmarks
+    from pocketsize import export
 
     from pocketsize.errors import ParityError
 
@@ -191,9 +191,9 @@ def render(rows: list[dict]) -> list[str]:
              f"seeded). Budget, the same for every method: {said} (8 chunks per optimizer step, LM loss + KL "
              "from the unpruned model). Metric: held-out perplexity on the user's own text, "
              "mean [min-max] over seeds (lower is better).", ""]
-    from benchmarks.suites.methods import provenance
+    from experiments.common import provenance
 
-    lines += ["Where the rows come from (`python -m benchmarks.suites.methods ARGS`):", ""] + provenance(rows) + [""]
+    lines += ["Where the rows come from (`python -m experiments.methods ARGS`):", ""] + provenance(rows) + [""]
     for subset in sorted({r["subset"] for r in rows if r["subset"] != "-"}):
         sub = [r for r in rows if r["subset"] == subset and r["buffer"]]
         ratios = sorted({r["ratio"] for r in sub}, reverse=True)
@@ -209,7 +209,7 @@ def render(rows: list[dict]) -> list[str]:
         fmts = [f for f in ("onnx", "executorch") if any(f in r["decode_tok_s"] for r in speed)]
         names = {"onnx": "ONNX Runtime", "executorch": "ExecuTorch"}
         lines += ["### Decode speed", "",
-                  "`python -m benchmarks.suites.methods --task llm --resume --latency --out docs/results.md`: "
+                  "`python -m experiments.methods --task llm --resume --latency --out docs/results.md`: "
                   f"measured decode tokens/s of the exported fp32 artifacts ({PROMPT_TOKENS}-token prompt, then "
                   f"{DECODE_TOKENS} tokens one at a time; 1 thread, this host; seed 0, one export per distinct "
                   "architecture). Perplexity is the seed-0 held-out value.", "",

@@ -8,7 +8,7 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from .methods import METHODS
+    from pocketsize.compress.methods import METHODS
 
     p = subparsers.add_parser(
         "compress", help="prune a pre-trained ViT or LLM for one user's data",
@@ -45,7 +45,7 @@ def add_prune_args(p: argparse.ArgumentParser, methods) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from .config import PruneConfig
+    from pocketsize.compress.config import PruneConfig
 
     kw = {"ratio": args.ratio, "method": args.method, "seed": args.seed, "buffer": not args.no_buffer}
     if args.steps is not None:
@@ -66,21 +66,11 @@ def config_from_args(args: argparse.Namespace):
     return PruneConfig(**kw, extra=extra)
 
 
-def write_outputs(pruned, dest) -> None:
-    from pocketsize.io import write_json
-
-    from .loading import save_model_dir
-
-    save_model_dir(pruned.loaded, dest / "model")
-    write_json(dest / "plan.json", pruned.plan)
-    write_json(dest / "compress_report.json", pruned.report)
-
-
 def main(args: argparse.Namespace) -> int:
     from pocketsize.io import atomic_dir, check_out_dir
     from pocketsize.progress import StageBars
 
-    from .pruning import prune
+    from pocketsize.compress import prune, write_outputs
 
     cfg = config_from_args(args)  # validate flags before any heavy work
     check_out_dir(args.out)
@@ -108,7 +98,7 @@ def register_models(subparsers: argparse._SubParsersAction) -> None:
 def models_main(args: argparse.Namespace) -> int:
     import importlib.util
 
-    from .zoo import ZOO, cache_dir
+    from pocketsize.zoo import ZOO, cache_dir
 
     for name, e in sorted(ZOO.items()):
         installed = importlib.util.find_spec(e.module) is not None

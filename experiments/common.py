@@ -1,0 +1,32 @@
+"""Helpers both suites share: where a row ran, how it was made, its widths."""
+
+from __future__ import annotations
+
+import platform
+
+
+def host(device: str) -> str:
+    import os
+
+    import torch
+    import transformers
+
+    where = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"{platform.machine()} CPU"
+    return f"{where}, {os.cpu_count()} cores, torch {torch.__version__}, transformers {transformers.__version__}"
+
+
+
+def provenance(rows: list[dict]) -> list[str]:
+    """One line per (host, weights, suite arguments) with its row count."""
+    prov: dict[tuple, int] = {}
+    for r in rows:
+        if r["method"] != "unpruned":
+            k = (r.get("host", "?"), r.get("weights", "fp32"), r.get("cmd", ""))
+            prov[k] = prov.get(k, 0) + 1
+    return [f"- {n} rows on {h} (weights {w}): `{c or '?'}`" for (h, w, c), n in sorted(prov.items())]
+
+
+def plan_widths(plan: dict) -> list[int]:
+    """Kept units per original block, flat (heads or KV groups, MLP channels, ...);
+    a removed block keeps 0 of each. ``pocketsize.compress.plan.Plan.of_widths`` reads it back."""
+    return [u["kept"] for u in plan["units"]]

@@ -1,0 +1,138 @@
+"""``pocketsize run`` and ``pocketsize demo``: flags, the closing table, exit codes.
+
+The work itself is :func:`pocketsize.pipeline.run`; this module only parses
+flags and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pocketsize.errors import BadInput
+from pocketsize.io import check_out_dir
+from pocketsize.pipeline import DEMO_CLASSES, DEMO_MODEL, demo_data, run
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from pocketsize.cli.compress import add_prune_args
+    from pocketsize.compress.methods import METHODS
+
+    p = sub.add_parser("run", help="compress + export + bench, original and compressed side by side",
+                       description="The whole job on MODEL and DATA; writes compress/, export/, bench/ and summary.json.")
+    p.add_argument("model", metavar="MODEL", help="timm:NAME, hf:ID, zoo:NAME or a local model directory")
+    p.add_argument("--data", required=True, help="image folder (one subfolder per class) or .txt file/folder")
+    p.add_argument("--out", required=True, help="new output folder")
+    add_prune_args(p, METHODS)
+    _add_run_args(p)
+    p.set_defaults(func=run_main)
+
+    d = sub.add_parser("demo", help="the whole job on the embedded default (DINOv2-S on a Fashion-MNIST subset)",
+                       description=f"pocketsize run {DEMO_MODEL} on a 4-class Fashion-MNIST subset, ratio 0.5.")
+    d.add_argument("--out", default="pocketsize-demo", help="new output folder (default ./pocketsize-demo)")
+    d.add_argument("--ratio", type=float, default=0.5, help="fraction of parameters to keep (default 0.5)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--recovery-steps", type=int, default=None, help="total recovery steps (default: compress's)")
+    _add_run_args(d, default_to="executorch,onnx,coreml")
+    d.set_defaults(func=demo_main)
+
+
+def _add_run_args(p: argparse.ArgumentParser, default_to: str = "executorch,onnx") -> None:
+    p.add_argument("--to", default=default_to, help=f"export formats (default {default_to})")
+    p.add_argument("--quantize", default="none", choices=["none", "int8"], help="artifact precision (default none)")
+    p.add_argument("--device", default="local", help="benchmark device (default local)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--iterations", type=int, default=30)
+    from pocketsize.cli.bench import add_lm_args
+
+    add_lm_args(p)
+
+
+def _num(v: Any) -> str:
+    return f"{v:.1f}" if isinstance(v, (int, float)) else "-"
+
+
+def print_table(summary: dict[str, Any], results: dict[str, Any], out: Path) -> None:
+    from pocketsize.benchmarks.report import status_label
+
+    rows = [("variant", "format", "status", "p50 ms", "accuracy/ppl", "bytes")]
+    for r in results.get("results", []):
+        metric = r.get("accuracy") if r.get("accuracy") is not None else r.get("perplexity")
+        rows.append((r["variant"], r["format"], status_label(r),
+                     f"{r['latency_ms']['p50']:.2f}" if r["status"] == "ok" else "-",
+                     f"{metric:.4f}" if isinstance(metric, (int, float)) else "-", str(r.get("bytes", "-"))))
+    w = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(str(c).ljust(w[i]) for i, c in enumerate(row)), file=sys.stderr)
+    sp = ", ".join(f"{k} {v:.2f}x" for k, v in summary["speedup"].items()) or "n/a"
+    print(f"\n{summary['metric']} {summary['before']:.4f} -> {summary['after']:.4f}, params x{summary['params_ratio']:.3f}, "
+          f"speedup (p50 original/compressed): {sp}, {summary['seconds']:.0f} s", file=sys.stderr)
+    for key, sp_ in (summary.get("llm") or {}).get("tokens_per_s", {}).items():
+        par = summary["llm"]["parity"].get(key) or {}
+        print(f"{key}: decode {_num(sp_['decode_tokens_per_s'])} tok/s, prefill {_num(sp_['prefill_tokens_per_s'])} "
+              f"tok/s, ttft {_num(sp_['ttft_ms'])} ms, greedy parity {par.get('greedy_match')}", file=sys.stderr)
+    print(f"artifacts: {out}/export   report: {out}/bench/report.html   summary: {out}/summary.json", file=sys.stderr)
+
+
+def _bench_cfg(args):
+    from pocketsize import benchmarks
+
+    return benchmarks.BenchConfig(warmup=args.warmup, iterations=args.iterations, seed=args.seed,
+                                  prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens)
+
+
+def _targets(s: str) -> tuple[str, ...]:
+    from pocketsize.export import target_names
+
+    to = tuple(t.strip() for t in s.split(",") if t.strip())
+    bad = [t for t in to if t not in target_names()]
+    if bad or not to:
+        raise BadInput(f"--to {s!r}: unknown format(s) {bad}; valid: {', '.join(target_names())}")
+    return to
+
+
+def _finish(summary: dict[str, Any], out: Path) -> int:
+    results = json.loads((out / "bench" / "results.json").read_text())
+    print_table(summary, results, out)
+    print(json.dumps({"out": str(out), **{k: summary[k] for k in ("params_ratio", "before", "after", "speedup")}}))
+    return 3 if summary.get("parity_errors") else 0
+
+
+def run_main(args: argparse.Namespace) -> int:
+    from pocketsize.cli.compress import config_from_args
+
+    from pocketsize.progress import StageBars
+
+    cfg = config_from_args(args)
+    to = _targets(args.to)
+    bars = StageBars()
+    try:
+        summary = run(args.model, args.data, args.out, cfg, to, args.quantize, args.device, _bench_cfg(args), bars)
+    finally:
+        bars.close()
+    return _finish(summary, Path(args.out))
+
+
+def demo_main(args: argparse.Namespace) -> int:
+    from pocketsize.compress.config import PruneConfig
+
+    from pocketsize.progress import StageBars
+
+    to = _targets(args.to)
+    kw = {"ratio": args.ratio, "seed": args.seed}
+    if args.recovery_steps is not None:
+        kw["recovery_steps"] = args.recovery_steps
+    cfg = PruneConfig(**kw)
+    check_out_dir(args.out)
+    data = demo_data()
+    print(f"demo: {DEMO_MODEL} personalized to {data} ({len(DEMO_CLASSES)} classes), keep {args.ratio:.0%} "
+          f"of parameters, export {','.join(to)}, bench on {args.device}", file=sys.stderr)
+    bars = StageBars()
+    try:
+        summary = run(DEMO_MODEL, str(data), args.out, cfg, to, args.quantize, args.device, _bench_cfg(args), bars)
+    finally:
+        bars.close()
+    return _finish(summary, Path(args.out))
