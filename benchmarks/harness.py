@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pocketsize.errors import BadInput
-from pocketsize.io import atomic_dir, read_json, write_json
+from pocketsize.io import atomic_dir, read_json
+
+from pocketsize.export.manifest import ArtifactMismatch, Manifest  # the one seam allowed (pyproject)
 
 from .config import BenchConfig
 from .devices import get_device
 from .devices.base import Device, DeviceError, Job, RunOutput, Unsupported
+from .results import Results
 from .stats import latency_stats, stability_warnings
 
 log = logging.getLogger(__name__)
@@ -24,7 +27,7 @@ RUNTIMES = {"executorch": "executorch", "onnx": "onnxruntime", "coreml": "coreml
 MAX_SAMPLES_KEPT = 5000  # raw latencies kept in results.json for the plots
 
 
-def resolve_artifact_sets(artifact_dir: Any) -> list[tuple[str, Path, dict]]:
+def resolve_artifact_sets(artifact_dir: Any) -> list[tuple[str, Path, Manifest]]:
     """[(variant, folder, manifest)] from one export folder, a folder holding
     ``original/`` and/or ``compressed/`` export folders, or a {variant: folder} mapping."""
     if isinstance(artifact_dir, Mapping):
@@ -42,33 +45,32 @@ def resolve_artifact_sets(artifact_dir: Any) -> list[tuple[str, Path, dict]]:
                                "pass the folder written by `pocketsize export`")
     out = []
     for variant, folder in pairs:
-        manifest = read_json(folder / "manifest.json")
-        if not isinstance(manifest, dict) or not manifest.get("artifacts"):
-            raise BadInput(f"{folder / 'manifest.json'} lists no artifacts; re-run `pocketsize export`")
+        manifest = Manifest.load(folder)  # strict keys, paths inside folder: exit 2 before anything runs
         out.append((variant or infer_variant(manifest), folder, manifest))
     return out
 
 
-def infer_variant(manifest: dict) -> str:
+def infer_variant(manifest: Manifest) -> str:
     """``original`` unless the manifest says otherwise or its source is a compressed model."""
-    v = manifest.get("variant")
-    if v in VARIANTS:
-        return v
-    if manifest.get("compression"):
+    if isinstance(manifest, dict):  # what export() returns
+        manifest = Manifest.from_json(manifest, "the manifest")
+    if manifest.variant in VARIANTS:
+        return manifest.variant
+    if manifest.compression:
         return "compressed"
-    src = str(manifest.get("source") or "")
+    src = manifest.source
     if src and (Path(src) / "pocketsize.json").exists():
         return "compressed"
     return "original"
 
 
-def input_shape(manifest: dict) -> tuple[int, ...]:
+def input_shape(manifest: Manifest) -> tuple[int, ...]:
     """Batch-1 input shape from ``inputs`` or ``preprocessing.input_size``."""
-    for inp in manifest.get("inputs") or []:
+    for inp in manifest.inputs or []:
         shape = inp.get("shape") if isinstance(inp, dict) else None
         if shape and all(isinstance(d, int) for d in shape):
             return tuple(shape)
-    size = (manifest.get("preprocessing") or {}).get("input_size")
+    size = (manifest.preprocessing or {}).get("input_size")
     if size:
         return (1, *[int(d) for d in size])
     raise BadInput("manifest.json has neither inputs[].shape nor preprocessing.input_size; re-run `pocketsize export`")
@@ -81,19 +83,19 @@ class EvalSet:
         self.path, self.labels, self.count = path, labels, count
 
 
-def prepare_eval(data: Any, manifest: dict, config: BenchConfig, device: Device, scratch: Path) -> EvalSet | None:
-    """Write the first N held-out samples for the runner; None without data or for non-image tasks."""
+def prepare_eval(data: Any, manifest: dict, config: BenchConfig, device: Device, scratch: Path,
+                 split_path: Path | None = None) -> EvalSet | None:
+    """Write the first N held-out samples for the runner; None without data or for non-image tasks.
+
+    A --data path is read through ``split_path`` (split.json): exactly its test
+    entries, after checking --data still matches it (see :func:`recorded_images`)."""
     if data is None:
         return None
     task = manifest.get("task", "image-classification")
     if task != "image-classification":
         return None  # perplexity on device: issue 5; results keep "perplexity": None
     if isinstance(data, (str, Path)):
-        try:
-            from pocketsize.data import load_image_data
-        except ImportError as e:
-            raise BadInput(f"--data needs compress.data ({e}); reinstall pocketsize") from None
-        data = load_image_data(str(data), manifest.get("preprocessing") or {}, seed=config.seed)
+        data = recorded_images(data, manifest.get("preprocessing") or {}, split_path)
     labels_m, labels_d = manifest.get("labels"), getattr(data, "labels", None)
     if labels_m and labels_d and list(labels_m) != list(labels_d):
         raise BadInput(f"--data classes {list(labels_d)[:5]} differ from the model's labels "
@@ -115,12 +117,46 @@ def prepare_eval(data: Any, manifest: dict, config: BenchConfig, device: Device,
     return EvalSet(path, y, n)
 
 
-def empty_result(variant: str, fmt: str, art: dict, folder: Path, config: BenchConfig) -> dict[str, Any]:
+def split_for(folder: Path, sets: list[tuple[str, Path, dict]]) -> Path | None:
+    """The split.json that decides what is held out for ``folder``: its own, else
+    the one beside original/ and compressed/, else another variant's (a stock
+    original has none, and must be evaluated on the compressed model's test set)."""
+    from pocketsize.splits import find_split
+
+    return find_split(folder, folder.parent, *[f for _, f, _ in sets])
+
+
+def _record(split_path: Path, data: Any, task: str):
+    from pocketsize.splits import SplitRecord, check_data
+
+    record = SplitRecord.load(split_path)
+    if record.task != task:
+        raise BadInput(f"{split_path} records a {record.task} split but the artifacts are {task}; "
+                       "pass the folder pocketsize export wrote")
+    check_data(record, data, split_path)
+    return record
+
+
+def recorded_images(data: Any, preprocessing: dict, split_path: Path | None):
+    """The images to evaluate: split.json's test entries, or all of --data without one."""
+    from pocketsize.data import ImageData, load_image_data
+    from pocketsize.splits import load_images
+
+    if split_path is None:
+        log.warning("no split.json beside the artifacts: all of --data %s is evaluated as held-out", data)
+        return load_image_data(str(data), preprocessing, val_fraction=0.0, test_fraction=1.0)
+    record = _record(split_path, data, "image-classification")
+    none = load_images(record, data, "train", preprocessing, 0)
+    return ImageData(list(record.labels), none, none, load_images(record, data, "test", preprocessing))
+
+
+def empty_result(variant: str, fmt: str, art: Any, folder: Path, config: BenchConfig) -> dict[str, Any]:
     """Every results.json key, unmeasured (None), so a failed run still has the full schema."""
-    path = folder / str(art.get("path", ""))
+    # .get: an Artifact record (its dict view) or a plain dict from the app drivers' tests
+    path = folder / str(art.get("path") or "")
     return {
         "variant": variant, "format": fmt, "runtime": RUNTIMES.get(fmt, fmt), "runtime_version": None,
-        "artifact": str(path), "quantize": art.get("quantize", "none"),
+        "artifact": str(path), "quantize": art.get("quantize") or "none",
         "bytes": art.get("bytes") if art.get("bytes") is not None else _size(path),
         "threads": config.threads, "warmup": config.warmup, "iterations": config.iterations,
         "timed_runs": 0, "min_duration_s": config.min_duration_s,
@@ -224,15 +260,15 @@ def _run(sets, dev: Device, config: BenchConfig, data: Any, out: Path, write: bo
     with tempfile.TemporaryDirectory(prefix="pocketsize-bench-work-") as scratch_s, dev:
         scratch = Path(scratch_s)
         for variant, folder, manifest in sets:
-            lm = manifest.get("llm") if manifest.get("task") == "causal-lm" else None
+            lm = manifest.llm if manifest.task == "causal-lm" else None
             if lm:
-                ev = prepare_lm_eval(data, manifest, folder, config, dev, scratch)
+                ev = prepare_lm_eval(data, manifest, folder, config, dev, scratch, split_for(folder, sets))
                 shape = (1, min(config.prompt_tokens, int(lm["cache_len"]) - 1))
             else:
-                ev = prepare_eval(data, manifest, config, dev, scratch)
+                ev = prepare_eval(data, manifest, config, dev, scratch, split_for(folder, sets))
                 shape = input_shape(manifest)
-            for i, art in enumerate(manifest["artifacts"]):
-                fmt = art.get("format")
+            for i, art in enumerate(manifest.artifacts):
+                fmt = art.format
                 if config.formats is not None and fmt not in config.formats:
                     continue
                 res = empty_result(variant, fmt, art, folder, config)
@@ -240,7 +276,9 @@ def _run(sets, dev: Device, config: BenchConfig, data: Any, out: Path, write: bo
                 if dev_info.get("error"):
                     res["error"] = f"device unavailable: {dev_info['error']}"
                     continue
-                job = Job(artifact=(folder / art["path"]).resolve(), format=fmt, input_shape=shape,
+                if not checked_artifact(art, folder, res):
+                    continue
+                job = Job(artifact=(folder / art.path).resolve(), format=fmt, input_shape=shape,
                           warmup=config.warmup, iterations=config.iterations,
                           min_duration_s=config.min_duration_s, threads=config.threads,
                           timeout_s=config.timeout_s, eval_input=ev.path if ev else None,
@@ -250,12 +288,35 @@ def _run(sets, dev: Device, config: BenchConfig, data: Any, out: Path, write: bo
                 log.info("bench %s %s on %s", variant, fmt, dev.spec)
                 measure(dev, job, res, ev, work, config, lm)
                 if write:  # incremental: a later crash of the harness loses nothing measured
-                    write_json(out / "results.json", doc)
+                    _write(doc, out)
     doc["seconds"] = round(time.time() - started, 3)
+    results = Results.of(doc, WRITING)
     if write:
-        write_json(out / "results.json", doc)
-        write_report(doc, out / "report.html")
-    return doc
+        results.write(out / "results.json")
+        write_report(results, out / "report.html")
+    return results.to_json()
+
+
+WRITING = "the results.json being written"  # a schema error here is a pocketsize bug, not the user's
+
+
+def _write(doc: dict[str, Any], out: Path) -> None:
+    Results.of(doc, WRITING).write(out / "results.json")
+
+
+def checked_artifact(art: Any, folder: Path, res: dict[str, Any]) -> bool:
+    """Is the file on disk the one export checked? Else the row fails naming it (CLI exit 3)."""
+    if art.path is None:
+        res["error"] = f"not exported: {art.error or 'the export failed'}"
+        return False
+    try:
+        art.verify(folder)
+    except ArtifactMismatch as e:
+        res.update(error=str(e), integrity="mismatch")
+        log.error("%s", e)
+        return False
+    res["integrity"] = "verified"
+    return True
 
 
 # --- causal LMs ------------------------------------------------------------------------
@@ -290,18 +351,20 @@ def lm_unsupported_reason(device: Device, fmt: str) -> str | None:
 
 
 def prepare_lm_eval(data: Any, manifest: dict, folder: Path, config: BenchConfig, device: Device,
-                    scratch: Path) -> EvalSet | None:
-    """Held-out token chunks (int64) for on-device perplexity; None without data."""
+                    scratch: Path, split_path: Path | None = None) -> EvalSet | None:
+    """Held-out token chunks (int64) for on-device perplexity; None without data.
+    A --data path gives split.json's test chunks (all chunks without one)."""
     if data is None:
         return None
     if isinstance(data, (str, Path)):
-        from pocketsize.text import load_text_data, load_tokenizer
+        from pocketsize.text import load_tokenizer
 
         tok_dir = (manifest.get("llm") or {}).get("tokenizer")
         if not tok_dir or not (folder / tok_dir).exists():
             raise BadInput(f"{folder} has no tokenizer/ to read --data with; re-export the model with its tokenizer")
-        data = load_text_data(str(data), load_tokenizer(folder / tok_dir), seed=config.seed)
-    test = data.test.ids
+        test = recorded_chunks(data, load_tokenizer(folder / tok_dir), split_path)
+    else:
+        test = data.test.ids
     want = config.eval_samples if config.eval_samples is not None else device.default_eval_samples
     n = len(test) if want is None else min(int(want), len(test))
     if n <= 0:
@@ -314,6 +377,20 @@ def prepare_lm_eval(data: Any, manifest: dict, folder: Path, config: BenchConfig
     ev = EvalSet(path, None, n)
     ev.length = length  # type: ignore[attr-defined]
     return ev
+
+
+def recorded_chunks(data: Any, tokenizer: Any, split_path: Path | None):
+    """split.json's test chunks, or every chunk of --data without one (none was trained on)."""
+    import torch
+
+    from pocketsize.splits import load_chunks
+    from pocketsize.text import load_text_data
+
+    if split_path is None:
+        log.warning("no split.json beside the artifacts: all of --data %s is evaluated as held-out", data)
+        d = load_text_data(str(data), tokenizer)
+        return torch.cat([d.test.ids, d.val.ids, d.train.ids])
+    return load_chunks(_record(split_path, data, "causal-lm"), data, tokenizer, "test").ids
 
 
 def run_lm(device: Device, job: Job, work: Path, lm: dict, ev: EvalSet | None, config: BenchConfig) -> RunOutput:

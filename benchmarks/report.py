@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .results import Results
+
 COLORS = {"original": "#4e79a7", "compressed": "#e15759"}
 FORMAT_COLORS = {"executorch": "#59a14f", "onnx": "#f28e2b", "coreml": "#b07aa1"}
 W, ROW = 760, 34
@@ -195,8 +197,10 @@ tr.failed{background:#fdecea}tr.skipped{color:#777}.banner{background:#fff3cd;bo
 .meta{font-size:13px;color:#555}"""
 
 
-def render(doc: dict) -> str:
-    dev, results = doc["device"], doc["results"]
+def render(doc: Results | dict) -> str:
+    # the records keep a dict view (Record.get / []), so the templates below index them as before
+    doc = Results.of(doc, "the results to report")
+    dev, results = doc.device, doc.results
     banner = ""
     if dev.get("emulated"):
         banner = ('<div class="banner"><b>Emulated device.</b> Timings and memory come from an emulator '
@@ -205,7 +209,7 @@ def render(doc: dict) -> str:
     warn = [f"{_label(r)}: {w}" for r in results for w in r.get("warnings") or []]
     warn_html = ('<div class="banner"><b>Warnings</b><ul>' + "".join(f"<li>{_e(w)}</li>" for w in warn)
                  + "</ul></div>") if warn else ""
-    cfg = doc.get("config", {})
+    cfg = doc.config or {}
     meta = (f'device <b>{_e(dev.get("kind"))}</b> {_e(dev.get("name"))} · {_e(dev.get("os"))} · '
             f'{_fmt(dev.get("arch"))} · {_fmt(dev.get("cpu"))} · governor {_fmt(dev.get("governor"))} · '
             f'thermal {_fmt(dev.get("thermal_c"))} °C · warmup {_e(cfg.get("warmup"))}, '
@@ -220,7 +224,7 @@ def render(doc: dict) -> str:
             + "<h2>All results</h2>" + table_html(results) + "</body></html>")
 
 
-def write_report(doc: dict, path: Path) -> None:
+def write_report(doc: Results | dict, path: Path) -> None:
     tmp = path.with_suffix(".html.tmp")
     tmp.write_text(render(doc), encoding="utf-8")
     tmp.replace(path)

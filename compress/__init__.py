@@ -1,6 +1,6 @@
 """compress: personalized layered pruning of pre-trained ViTs and LLMs.
 
-Public verbs (CONTRACT.md): ``pocketsize.compress.prune`` and ``pocketsize.compress.load``. Heavy
+Public verbs (docs/interfaces.md): ``pocketsize.compress.prune`` and ``pocketsize.compress.load``. Heavy
 modules are imported on first attribute access so ``import compress`` is fast.
 """
 

@@ -54,6 +54,9 @@ class PruneConfig:
     finetune_steps: int = 0
     # where the pruning math runs; the result always comes back on the CPU
     device: str = "cpu"             # "cpu", "cuda", "cuda:N", "mps" or "auto"
+    # --plan: a recorded allocation (transplant.Allocation.to_dict()) that replaces
+    # the method's own per-block widths; units inside blocks stay this user's choice
+    allocation: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -63,15 +66,23 @@ class PruneConfig:
             raise BadInput(f"--ratio {self.ratio} is outside (0, 1]; it is the fraction of parameters to keep, e.g. 0.5")
         methods.get_method(self.method)  # raises BadInput listing valid names
         if self.steps < 1:
-            raise BadInput(f"steps={self.steps}: need at least 1 pruning step")
+            raise BadInput(f"--steps {self.steps}: need at least 1 pruning step")
         if self.recovery_steps < 0:
-            raise BadInput(f"recovery_steps={self.recovery_steps}: must be >= 0")
+            raise BadInput(f"--recovery-steps {self.recovery_steps}: must be >= 0")
         if not (0.0 <= self.final_share <= 1.0):
-            raise BadInput(f"final_share={self.final_share}: must be in [0, 1]")
+            raise BadInput(f"PruneConfig(final_share={self.final_share}): must be in [0, 1]")
         if not (self.device in ("cpu", "cuda", "mps", "auto") or self.device.startswith("cuda:")):
-            raise BadInput(f"--device {self.device!r} is not a torch device; use cpu, cuda, cuda:N, mps or auto")
+            raise BadInput(f"--torch-device {self.device!r} is not a torch device; use cpu, cuda, cuda:N, mps or auto")
+        size = self.extra.get("image_size") if isinstance(self.extra, dict) else None
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise BadInput(f"--image-size {size!r}: pass a positive number of pixels (e.g. --image-size 224), "
+                           "or leave it out to use the model's own")
+        if self.allocation is not None and not (isinstance(self.allocation, dict)
+                                                and {"heads", "channels"} <= set(self.allocation)):
+            raise BadInput("--plan: the allocation must come from a plan.json (Allocation.to_dict())")
         if self.calib_samples < 2 or self.measurements < 2:
-            raise BadInput("calib_samples and measurements must be at least 2")
+            raise BadInput(f"PruneConfig(calib_samples={self.calib_samples}, measurements={self.measurements}): "
+                           "both must be at least 2")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

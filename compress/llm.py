@@ -25,6 +25,7 @@ from .config import PruneConfig
 from pocketsize.loading import Loaded
 from .plan import count_params
 from .steps import RATIO_TOLERANCE, Progress, Pruned, StepTask, Stepped, _plan_json, buffered_steps, count_macs
+from .steps import load_generic
 from pocketsize.text import SEQ_LEN, TextData, TextSplit, load_text_data, perplexity, token_nll
 from .train import distill_kl, run_steps
 
@@ -108,7 +109,7 @@ def prune_lm(loaded: Loaded, data: TextData | str, cfg: PruneConfig, progress: P
     if not isinstance(data, TextData):
         data = load_text_data(data, loaded.tokenizer, seed=cfg.seed, seq_len=seq_len)
     if isinstance(generic, str):
-        generic = load_text_data(generic, loaded.tokenizer, seed=cfg.seed, seq_len=data.seq_len)
+        generic = load_generic(load_text_data, generic, loaded.tokenizer, seed=cfg.seed, seq_len=data.seq_len)
     run_cfg = _run_config(loaded, cfg)
     ad = loaded.adapter
     original = loaded  # the caller's model: left stock and unpruned (steps work on copies)

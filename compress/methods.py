@@ -4,7 +4,7 @@ Every method answers the same question for one pruning step: given the
 current model and a parameter target, which blocks, heads and MLP channels to
 keep. They differ in (a) the importance of units inside a block and (b) how
 the cut is spread across blocks. ``hei`` is ours; the rest are the baselines
-of METHOD.md, run through the same pipeline so comparisons are fair.
+of docs/method.md, run through the same pipeline so comparisons are fair.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class StepContext:
     generic_x: torch.Tensor | None   # optional generic reference data
     cfg: Any                         # PruneConfig
     seed: int
+    original_blocks: list[int] | None = None  # original index of each current block (lineage)
     _cache: dict = field(default_factory=dict)
 
     def stats(self, which: str = "user"):
@@ -310,6 +311,29 @@ def plan_block_influence(ctx: StepContext, target: float) -> StepPlan:
     unit = [(s.head_score, s.chan_score) for s in stats]
     scores = [{"attn": b, "mlp": b} for b in bi]
     return StepPlan(_plan_from_counts(unit, counts, removed), scores, _kinds_from(scores))
+
+
+def plan_allocation(ctx: StepContext, target: float) -> StepPlan:
+    """``--plan``: a recorded allocation (another run's widths per block), with
+    this user's activation importance choosing the units inside each block."""
+    from .transplant import Allocation
+
+    alloc = Allocation.from_dict(ctx.cfg.allocation)
+    budget = Budget.of(ctx.loaded)
+    original = ctx.original_blocks if ctx.original_blocks is not None else list(range(len(budget.heads)))
+    chan_w, head_w, removed = alloc.weights_for(budget, original)
+    counts = solve(budget, target, chan_w, head_weights=head_w, removed=removed, min_heads=ctx.cfg.min_heads,
+                   channel_multiple=ctx.cfg.channel_multiple)
+    unit = [(s.head_score, s.chan_score) for s in ctx.stats("user")]
+    # the score of a unit is its recorded kept fraction: the plan, not this user, set the allocation
+    scores = [{"attn": alloc.heads[b][0] / alloc.heads[b][1], "mlp": alloc.channels[b][0] / alloc.channels[b][1]}
+              for b in original]
+    return StepPlan(_plan_from_counts(unit, counts, removed), scores, _kinds_from(scores))
+
+
+def planner_for(cfg: Any) -> Callable[[StepContext, float], StepPlan]:
+    """The planner a config asks for: a recorded allocation (``--plan``) wins over ``--method``."""
+    return plan_allocation if getattr(cfg, "allocation", None) else get_method(cfg.method)
 
 
 METHODS: dict[str, Callable[[StepContext, float], StepPlan]] = {

@@ -15,6 +15,7 @@ from .config import PruneConfig
 from pocketsize.data import ImageData, load_image_data
 from pocketsize.loading import Loaded, load_model
 from .plan import count_params
+from .steps import load_generic
 from .steps import (RATIO_TOLERANCE, Progress, Pruned, StepTask, Stepped, _plan_json,  # noqa: F401
                     buffered_steps, count_macs, resolve_device)
 
@@ -43,6 +44,11 @@ def prune(model: Loaded | str, data: ImageData | str, config: PruneConfig | None
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     loaded = model if isinstance(model, Loaded) else load_model(model)
+    if cfg.allocation:  # a plan from another architecture is bad input before any work
+        from .allocate import Budget
+        from .transplant import Allocation
+
+        Allocation.from_dict(cfg.allocation).check(Budget.of(loaded))
     if loaded.task != "image-classification":
         from .llm import prune_lm  # language models have their own data and metric
 
@@ -55,7 +61,7 @@ def prune(model: Loaded | str, data: ImageData | str, config: PruneConfig | None
     if not isinstance(data, ImageData):
         data = load_image_data(data, pp, seed=cfg.seed, progress=progress is not None)
     if isinstance(generic, str):
-        generic = load_image_data(generic, pp, seed=cfg.seed)
+        generic = load_generic(load_image_data, generic, pp, seed=cfg.seed)
     loaded.model.to(resolve_device(cfg.device))
     try:
         return _prune_images(loaded, data, cfg, progress, generic, t0)

@@ -19,7 +19,7 @@ from pocketsize.errors import BadInput
 from pocketsize.loading import Loaded
 
 from .config import PruneConfig
-from .methods import StepContext, get_method
+from .methods import StepContext, planner_for
 from .plan import Lineage, apply_plan, count_params
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
-RATIO_TOLERANCE = 0.01  # CONTRACT: kept fraction equals --ratio within 1 point
+RATIO_TOLERANCE = 0.01  # contract: kept fraction equals --ratio within 1 point
 
 
 @dataclass
@@ -105,7 +105,7 @@ def buffered_steps(loaded: Loaded, task: StepTask, cfg: PruneConfig, params_befo
     per scheduled step so the cost stays bounded; the halves share its
     recovery budget. Steps work on copies: ``loaded`` is never cut."""
     g = torch.Generator().manual_seed(cfg.seed)
-    planner = get_method(cfg.method)
+    planner = planner_for(cfg)
     lineage = Lineage.start(loaded)
     ratios = _schedule(cfg)
     recov = _recovery_split(cfg, len(ratios))
@@ -118,7 +118,8 @@ def buffered_steps(loaded: Loaded, task: StepTask, cfg: PruneConfig, params_befo
     while k < len(ratios):
         r = ratios[k]
         x, y, gx = task.calib(g)
-        step = planner(StepContext(loaded, x, y, gx, cfg, seed=cfg.seed + k), r * params_before)
+        step = planner(StepContext(loaded, x, y, gx, cfg, seed=cfg.seed + k, original_blocks=list(lineage.blocks)),
+                       r * params_before)
         candidate = copy.deepcopy(loaded)
         apply_plan(candidate, step.plan)
         if task.refit is not None:
@@ -153,15 +154,27 @@ def buffered_steps(loaded: Loaded, task: StepTask, cfg: PruneConfig, params_befo
     return Stepped(loaded, lineage, log_, scores, kinds, current)
 
 
+def load_generic(loader: Callable[..., Any], path: Any, *args: Any, **kwargs: Any) -> Any:
+    """``loader(path, ...)`` for the --generic reference data: the loaders name
+    their path --data, which would send the user to the wrong flag."""
+    try:
+        return loader(path, *args, **kwargs)
+    except BadInput as e:
+        msg = str(e)
+        if msg.startswith("--data "):
+            raise BadInput("--generic " + msg[len("--data "):]) from None
+        raise
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` takes CUDA, then MPS, then the CPU; an explicit accelerator that
     is not there is a bad input, not a silent fall-back."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BadInput(f"--device {name}: no CUDA device is visible here; use --device cpu (or auto)")
+        raise BadInput(f"--torch-device {name}: no CUDA device is visible here; use --torch-device cpu (or auto)")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise BadInput("--device mps: Metal is not available here; use --device cpu (or auto)")
+        raise BadInput("--torch-device mps: Metal is not available here; use --torch-device cpu (or auto)")
     return torch.device(name)
 
 
@@ -177,5 +190,8 @@ def _plan_json(cfg: PruneConfig, lineage: Lineage, scores, kinds) -> dict[str, A
             kind = kinds[b][part] if kinds and b in kinds else "common"
             units.append({"name": f"blocks.{b}.{part}", "kind": kind, "score": score, "kept": kept, "total": total,
                           "unit": "heads" if part == "attn" else "channels"})
-    return {"method": cfg.method, "seed": cfg.seed, "ratio": cfg.ratio, "buffer": cfg.buffer,
-            "units": units, "keep": lineage.as_plan().to_dict()}
+    doc = {"method": cfg.method, "seed": cfg.seed, "ratio": cfg.ratio, "buffer": cfg.buffer,
+           "units": units, "keep": lineage.as_plan().to_dict()}
+    if cfg.allocation:  # --plan: the widths came from another run, the units from this user
+        doc["allocation_from"] = cfg.allocation.get("source")
+    return doc

@@ -1,4 +1,4 @@
-"""hei against the baselines of METHOD.md, same model, data, size and budget.
+"""hei against the baselines (docs/method.md), same model, data, size and budget.
 
     python -m experiments.methods --out docs/results.md            # the full tables
     python -m experiments.methods --quick --out /tmp/results.md    # minutes, what CI runs
@@ -349,7 +349,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker (default: cores / jobs)")
     p.add_argument("--round-weights", choices=("fp16", "bf16"), default=None,
                    help="round the pretrained weights through this precision first (same model on every machine)")
-    lm = p.add_argument_group("language-model rows (benchmarks.suites.llm)")
+    lm = p.add_argument_group("language-model rows (experiments.llm)")
     lm.add_argument("--task", choices=("all", "image", "llm"), default=None,
                     help="which rows to run (default: all; image with --quick)")
     lm.add_argument("--llm-methods", default=",".join(llm.METHODS))

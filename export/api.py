@@ -55,6 +55,10 @@ def export(model: Any, out_dir: str | Path, config: ExportConfig | None = None, 
         artifacts = [export_one(key, job, tmp, config, check) for key in config.targets]
         manifest = _manifest(src, config, job, example_out, inputs, artifacts, time.perf_counter() - t0)
         write_json(tmp / "manifest.json", manifest)
+        if inputs.split is not None:  # bench evaluates exactly its test entries
+            from pocketsize.splits import SPLIT_FILE
+
+            inputs.split.save(tmp / SPLIT_FILE)
     raise_failures(artifacts, out_dir)
     return manifest
 
@@ -79,23 +83,24 @@ def _check_image(target: Any, path: Path, job: Job, inputs: Inputs, ref: torch.T
 
 def _manifest(src: Source, config: ExportConfig, job: Job, example_out: torch.Tensor, inputs: Inputs,
               artifacts: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    from .manifest import Manifest
+
     pp = src.preprocessing
-    return {
-        "format_version": MANIFEST_VERSION,
-        "source": src.name,
-        "compression": src.meta.get("compress"),  # method/ratio/seed when the source was pruned by pocketsize
-        "task": src.task,
-        "family": src.meta.get("family"),
-        "labels": src.meta.get("labels") or inputs.class_names,
-        "preprocessing": pp,
-        "inputs": [{"name": job.input_name, "shape": list(job.example.shape), "dtype": "float32",
-                    "layout": pp.get("layout", "NCHW"), "color": pp.get("color", "RGB"),
-                    "normalized": "(x / 255 - mean) / std"}],
-        "outputs": [{"name": job.output_name, "shape": list(example_out.shape), "dtype": "float32"}],
-        "parity_inputs": inputs.record,
-        "config": config.to_dict(),
-        "tools": tool_versions(),
-        "host": {"os": platform.system(), "arch": platform.machine()},
-        "artifacts": artifacts,
-        "seconds": round(seconds, 3),
-    }
+    return Manifest.build(
+        artifacts,
+        source=src.name,
+        compression=src.meta.get("compress"),  # method/ratio/seed when the source was pruned by pocketsize
+        task=src.task,
+        family=src.meta.get("family"),
+        labels=src.meta.get("labels") or inputs.class_names,
+        preprocessing=pp,
+        inputs=[{"name": job.input_name, "shape": list(job.example.shape), "dtype": "float32",
+                 "layout": pp.get("layout", "NCHW"), "color": pp.get("color", "RGB"),
+                 "normalized": "(x / 255 - mean) / std"}],
+        outputs=[{"name": job.output_name, "shape": list(example_out.shape), "dtype": "float32"}],
+        parity_inputs=inputs.record,
+        config=config.to_dict(),
+        tools=tool_versions(),
+        host={"os": platform.system(), "arch": platform.machine()},
+        seconds=round(seconds, 3),
+    ).to_json()

@@ -17,11 +17,11 @@ from pocketsize.errors import ParityError
 from pocketsize.io import digest
 
 from .config import ExportConfig
+from .manifest import MANIFEST_VERSION  # noqa: F401  (re-exported: one version, kept in manifest.py)
 from .targets import BackendCannotExport, get_target
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 1
 OUTPUT_NAME = "logits"
 _TOOLS = ("pocketsize", "torch", "executorch", "torchao", "onnx", "onnxruntime", "onnxscript", "coremltools",
           "timm", "transformers", "numpy")

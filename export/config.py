@@ -22,9 +22,11 @@ class ExportConfig:
     targets: keys of ``pocketsize.export.targets.TARGETS`` (a tuple, or a comma string such
         as ``"executorch,onnx"``).
     quantize: ``"none"`` (fp32; Core ML fp16 compute) or ``"int8"``.
-    data: the user's ImageFolder; parity runs on its held-out split and int8
-        calibration on its training split. Without it both use seeded random
+    data: the user's ImageFolder; parity runs on the test files of the model
+        folder's split.json and int8 calibration on its train files (without a
+        split.json all of it is held out). Without data both use seeded random
         inputs shaped like the model input.
+    seed: seeds only those random inputs; the data split is split.json's.
     parity_samples: held-out (or random) inputs each artifact is checked on.
     calib_samples: training images used to calibrate static int8.
     The ``*_atol`` / ``*_snr_db`` / ``*_top1`` fields are the pass thresholds per

@@ -27,6 +27,7 @@ from torch import nn
 
 from pocketsize.errors import BadInput
 from pocketsize.io import atomic_dir, write_json
+from pocketsize.splits import SPLIT_FILE
 
 from . import parity as _parity
 from .config import ExportConfig
@@ -161,10 +162,7 @@ def export_lm(src: Source, out_dir: str | Path, config: ExportConfig, data: Any,
         get_target(key, "causal-lm")
     loaded = src.loaded
     model = loaded.model.eval()
-    if config.data is not None and data is None:
-        from pocketsize.text import text_files
-
-        text_files(config.data)  # a wrong --data is bad input even though parity uses the fixed prompt
+    split = lm_split(src, config, data)
     prompt, record = parity_prompt(loaded, config)
     p = int(prompt.shape[1])
     n = int(config.lm_new_tokens)
@@ -183,10 +181,35 @@ def export_lm(src: Source, out_dir: str | Path, config: ExportConfig, data: Any,
         with atomic_dir(out_dir) as tmp:
             artifacts = [export_one(key, job, tmp, config, check, task="causal-lm") for key in config.targets]
             tok = _save_tokenizer(loaded, tmp)
+            if split is not None:  # bench evaluates perplexity on exactly its test chunks
+                split.save(tmp / SPLIT_FILE)
             manifest = _manifest(src, config, job, record, tokens, tok, artifacts, time.perf_counter() - t0)
             write_json(tmp / "manifest.json", manifest)
     raise_failures(artifacts, out_dir)
     return manifest
+
+
+def lm_split(src: Source, config: ExportConfig, data: Any) -> Any:
+    """The SplitRecord to copy beside the manifest, after checking --data against it.
+
+    Parity uses a fixed prompt, so the data is only checked here: a wrong or
+    edited --data is bad input now rather than a wrong perplexity in bench."""
+    from pocketsize.splits import SplitRecord, check_data, find_split, record_of
+    from pocketsize.text import text_files
+
+    from .source import _model_dir
+
+    if data is not None:
+        return record_of(data)
+    if config.data is None:
+        return None
+    text_files(config.data)
+    path = find_split(_model_dir(src))
+    if path is None:
+        return None
+    record = SplitRecord.load(path)
+    check_data(record, config.data, path)
+    return record
 
 
 def _with_structure(rec: dict[str, Any], v: Any) -> dict[str, Any]:
@@ -211,24 +234,25 @@ def _save_tokenizer(loaded: Any, tmp: Path) -> str | None:
 
 def _manifest(src: Source, config: ExportConfig, job: LMJob, record: dict[str, Any], tokens: list[int],
               tokenizer: str | None, artifacts: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    from .artifacts import MANIFEST_VERSION, OUTPUT_NAME, tool_versions
+    from .artifacts import OUTPUT_NAME, tool_versions
     from .llm_cache import layer_kv_shapes
+    from .manifest import Manifest
 
     cfg = job.model.config
     vocab = int(cfg.vocab_size)
     kv = [{"kv_heads": h, "head_dim": d} for h, d in layer_kv_shapes(job.model)]
-    return {
-        "format_version": MANIFEST_VERSION,
-        "source": src.name,
-        "compression": src.meta.get("compress"),  # method/ratio/seed when the source was pruned by pocketsize
-        "task": "causal-lm",
-        "family": src.meta.get("family"),
-        "preprocessing": src.preprocessing,
-        "inputs": [{"name": "input_ids", "shape": [1, "tokens"], "dtype": "int64"},
-                   {"name": "cache_position", "shape": ["tokens"], "dtype": "int64",
-                    "meaning": "absolute positions of input_ids (0.. for a new sequence)"}],
-        "outputs": [{"name": OUTPUT_NAME, "shape": [1, "tokens", vocab], "dtype": "float32"}],
-        "llm": {
+    return Manifest.build(
+        artifacts,
+        source=src.name,
+        compression=src.meta.get("compress"),  # method/ratio/seed when the source was pruned by pocketsize
+        task="causal-lm",
+        family=src.meta.get("family"),
+        preprocessing=src.preprocessing,
+        inputs=[{"name": "input_ids", "shape": [1, "tokens"], "dtype": "int64"},
+                {"name": "cache_position", "shape": ["tokens"], "dtype": "int64",
+                 "meaning": "absolute positions of input_ids (0.. for a new sequence)"}],
+        outputs=[{"name": OUTPUT_NAME, "shape": [1, "tokens", vocab], "dtype": "float32"}],
+        llm={
             "cache_len": job.cache_len, "kv_cache": kv, "layers": len(kv), "vocab_size": vocab,
             "bos_token_id": getattr(cfg, "bos_token_id", None), "eos_token_id": getattr(cfg, "eos_token_id", None),
             "tokenizer": tokenizer,
@@ -241,11 +265,10 @@ def _manifest(src: Source, config: ExportConfig, job: LMJob, record: dict[str, A
                           "the model's states k_cache_i / v_cache_i (one MLState per conversation, zeroed first)",
             },
         },
-        "parity_inputs": {**record, "new_tokens": len(tokens), "eager_tokens": tokens,
-                          "method": "eager greedy (no cache) vs artifact prefill + decode fed the eager tokens"},
-        "config": config.to_dict(),
-        "tools": tool_versions(),
-        "host": {"os": platform.system(), "arch": platform.machine()},
-        "artifacts": artifacts,
-        "seconds": round(seconds, 3),
-    }
+        parity_inputs={**record, "new_tokens": len(tokens), "eager_tokens": tokens,
+                       "method": "eager greedy (no cache) vs artifact prefill + decode fed the eager tokens"},
+        config=config.to_dict(),
+        tools=tool_versions(),
+        host={"os": platform.system(), "arch": platform.machine()},
+        seconds=round(seconds, 3),
+    ).to_json()

@@ -17,9 +17,23 @@ def snr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
     signal = ref.pow(2).sum().item()
     if noise == 0.0:
         return SNR_CAP_DB
+    if not (math.isfinite(noise) and math.isfinite(signal)):
+        return -SNR_CAP_DB  # NaN/inf: worst, never a pass (compare() also fails it with a reason)
     if signal == 0.0:
         return -SNR_CAP_DB
     return min(SNR_CAP_DB, 10.0 * math.log10(signal / noise))
+
+
+def _non_finite(ref: torch.Tensor, out: torch.Tensor) -> str | None:
+    """Why parity cannot pass when either side holds NaN or inf, else None."""
+    for name, t, fix in (("eager model", ref, "the model's weights or inputs hold NaN/inf"),
+                         ("artifact", out, "the export or its runtime produced NaN/inf")):
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            n_nan = int(torch.isnan(t).sum().item())
+            n_inf = int((~finite).sum().item()) - n_nan
+            return f"{name} output has non-finite values ({n_nan} NaN, {n_inf} inf of {t.numel()}): {fix}"
+    return None
 
 
 def thresholds(precision: str, config: Any, on_user_data: bool) -> dict[str, float]:
@@ -48,6 +62,11 @@ def compare(ref: torch.Tensor, out: torch.Tensor, precision: str, config: Any,
         return {"checked": True, "passed": False, "samples": int(ref.shape[0]),
                 "reason": f"output shape {list(out.shape)} differs from eager {list(ref.shape)}"}
     ref, out = ref.float(), out.float()
+    bad = _non_finite(ref, out)
+    if bad is not None:  # NaN compares False with every threshold: never let it pass
+        return {"checked": True, "passed": False, "samples": int(ref.shape[0]), "precision": precision,
+                "max_abs_diff": None, "mean_abs_diff": None, "snr_db": None, "top1_agreement": None,
+                "thresholds": thresholds(precision, config, on_user_data), "reason": bad}
     diff = (ref - out).abs()
     rec: dict[str, Any] = {
         "checked": True,

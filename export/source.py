@@ -119,6 +119,7 @@ class Inputs:
     calib: torch.Tensor | None          # None: no user data, int8 falls back to dynamic
     record: dict[str, Any]
     class_names: list[str] | None = None
+    split: Any = None                   # pocketsize.splits.SplitRecord copied beside the manifest (bench reads it)
 
 
 def make_inputs(src: Source, config: Any, data: Any = None) -> Inputs:
@@ -126,14 +127,16 @@ def make_inputs(src: Source, config: Any, data: Any = None) -> Inputs:
 
     ``data`` may be an already-loaded ``pocketsize.data.ImageData`` (saves
     re-reading the folder when the caller has it); otherwise ``config.data``
-    is read with the same seed compress used, so the held-out split is the
-    one compress never trained on.
+    is read through the model folder's split.json (see :func:`read_data`).
     """
-    shape = src.input_shape()
-    if data is None and config.data is not None:
-        from pocketsize.data import load_image_data
+    from pocketsize.splits import record_of
 
-        data = load_image_data(config.data, src.preprocessing, seed=int(config.seed))
+    shape = src.input_shape()
+    split, how = None, "in-process split"
+    if data is None and config.data is not None:
+        data, split, how = read_data(src, config)
+    elif data is not None:
+        split = record_of(data)  # compress's data in-process: its split travels with the artifacts
     if data is None:
         g = torch.Generator().manual_seed(int(config.seed))
         x = torch.randn((int(config.parity_samples), *shape[1:]), generator=g)
@@ -152,9 +155,47 @@ def make_inputs(src: Source, config: Any, data: Any = None) -> Inputs:
     if model_labels and list(model_labels) != list(data.labels):
         log.warning("model labels %s differ from data classes %s: accuracy not reported", model_labels, data.labels)
         labels = None
-    pool = data.train if len(data.train) else data.val
+    # no training split (a stock model, all data held out): calibration needs no labels, so the
+    # held-out images serve; nothing is trained on them
+    pool, pool_name = (data.train, "training split") if len(data.train) else (data.test, "held-out images")
     m = min(int(config.calib_samples), len(pool))
     calib = pool.normalized(0, m) if m else None
     record = {"kind": "held-out", "data": str(config.data) if config.data else "in-process", "samples": n,
-              "seed": int(config.seed), "calibration_samples": m, "calibration": "training split" if m else "none"}
-    return Inputs(x, labels, calib, record, class_names=list(data.labels))
+              "split": how, "seed": getattr(data, "seed", None), "files": (test.files or [])[:n] or None,
+              "calibration_samples": m, "calibration": pool_name if m else "none"}
+    return Inputs(x, labels, calib, record, class_names=list(data.labels), split=split)
+
+
+def _model_dir(src: Source) -> Path | None:
+    for p in (src.name, src.meta.get("source")):
+        if p and Path(str(p)).is_dir():
+            return Path(str(p))
+    return None
+
+
+def read_data(src: Source, config: Any) -> tuple[Any, Any, str]:
+    """(ImageData, SplitRecord or None, how the split was chosen) for ``config.data``.
+
+    With the model folder's split.json: --data must still match it, parity runs
+    on its test files and int8 calibrates on its train files, exactly as listed.
+    Without one (a stock model pocketsize never trained): all of --data is held out.
+    """
+    from pocketsize.data import ImageData, load_image_data
+    from pocketsize.splits import SplitRecord, check_data, find_split, load_images
+
+    pp = src.preprocessing
+    path = find_split(_model_dir(src))
+    if path is None:
+        data = load_image_data(config.data, pp, val_fraction=0.0, test_fraction=1.0)
+        data.seed = None
+        return data, None, "all of --data (the model folder has no split.json: it was never trained on it)"
+    record = SplitRecord.load(path)
+    if record.task != "image-classification":
+        raise BadInput(f"{path} records a {record.task} split but the model is an image classifier; "
+                       "pass the model folder compress wrote")
+    check_data(record, config.data, path)
+    test = load_images(record, config.data, "test", pp, int(config.parity_samples))
+    train = load_images(record, config.data, "train", pp, int(config.calib_samples))
+    val = load_images(record, config.data, "val", pp, 0)
+    return (ImageData(list(record.labels), train, val, test, root=str(config.data), seed=record.seed),
+            record, f"test entries of {path.name} (seed {record.seed})")

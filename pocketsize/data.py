@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,6 +30,7 @@ class Split:
     y: torch.Tensor
     mean: torch.Tensor
     std: torch.Tensor
+    files: list[str] | None = None  # data-root-relative names, row for row (split.json records them)
 
     def __len__(self) -> int:
         return int(self.y.numel())
@@ -46,7 +47,8 @@ class Split:
             yield (x - self.mean[:, None, None]) / self.std[:, None, None], self.y[idx]
 
     def subset(self, idx: torch.Tensor) -> "Split":
-        return Split(self.x[idx], self.y[idx], self.mean, self.std)
+        files = None if self.files is None else [self.files[int(i)] for i in idx.reshape(-1)]
+        return Split(self.x[idx], self.y[idx], self.mean, self.std, files)
 
 
 @dataclass
@@ -56,6 +58,9 @@ class ImageData:
     val: Split
     test: Split
     skipped: int = 0
+    root: str | None = None       # the --data folder the files are relative to
+    seed: int | None = None       # the seed that drew the split
+    ignored: list[str] = field(default_factory=list)  # listed but unused: unreadable or over max_per_class
 
     def summary(self) -> dict[str, Any]:
         return {"classes": len(self.labels), "train": len(self.train), "val": len(self.val),
@@ -98,6 +103,32 @@ def _resize_crop(img, size: tuple[int, int], crop_pct: float, interpolation: str
     return img.crop((left, top, left + w, top + h))
 
 
+def to_8bit(im):
+    """Scale 16-bit ("I;16*"), 32-bit int ("I") and float ("F") images to 8-bit
+    grayscale; PIL's convert("RGB") would clip them (anything over 255 is white)."""
+    import numpy as np
+    from PIL import Image
+
+    mode = im.mode
+    if not (mode.startswith("I;16") or mode in ("I", "F")):
+        return im
+    a = np.asarray(im).astype(np.float64)
+    if a.size == 0 or not np.isfinite(a).all():
+        raise ValueError(f"{mode} image with no pixels or non-finite values")
+    lo, hi = float(a.min()), float(a.max())
+    if mode.startswith("I;16"):
+        a = a / 257.0                      # 0..65535 -> 0..255
+    elif mode == "F" and lo >= 0.0 and hi <= 1.0:
+        a = a * 255.0                      # float in [0, 1]
+    elif lo >= 0.0 and hi <= 255.0:
+        pass                               # already 8-bit values in a wider type
+    elif mode == "I" and lo >= 0.0 and hi <= 65535.0:
+        a = a / 257.0                      # 16-bit PNGs that PIL opens as "I"
+    else:                                  # any other range: stretch to 0..255
+        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
+
+
 def load_image(path: Path, preprocessing: dict[str, Any]) -> torch.Tensor:
     """One image -> uint8 (3, H, W) tensor, resized/cropped per ``preprocessing``."""
     import numpy as np
@@ -105,7 +136,7 @@ def load_image(path: Path, preprocessing: dict[str, Any]) -> torch.Tensor:
 
     _, h, w = preprocessing["input_size"]
     with Image.open(path) as im:
-        im = im.convert("RGB")
+        im = to_8bit(im).convert("RGB")
         im = _resize_crop(im, (h, w), float(preprocessing.get("crop_pct", 1.0)),
                           preprocessing.get("interpolation", "bicubic"))
         arr = np.asarray(im, dtype=np.uint8).copy()
@@ -137,6 +168,7 @@ def load_image_data(path: str | Path, preprocessing: dict[str, Any], seed: int =
     """Read, preprocess and split an ImageFolder. Unreadable images are skipped
     with a warning; a class with too few usable images is an error."""
     classes, items = list_image_folder(path)
+    listed = [f for f, _ in items]
     if max_per_class:
         rng = random.Random(seed)
         per: dict[int, list] = {}
@@ -147,7 +179,9 @@ def load_image_data(path: str | Path, preprocessing: dict[str, Any], seed: int =
             lst = per[ci]
             rng.shuffle(lst)
             items += sorted(lst[:max_per_class])
-    xs, ys, bad = [], [], 0
+    xs, ys, used, bad = [], [], [], 0
+    bad_names: list[str] = []  # the first few, for the summary warning
+    unused = set(listed) - {f for f, _ in items}
     it = items
     if progress:
         from tqdm import tqdm
@@ -157,11 +191,15 @@ def load_image_data(path: str | Path, preprocessing: dict[str, Any], seed: int =
         try:
             xs.append(load_image(f, preprocessing))
             ys.append(ci)
+            used.append(f)
         except Exception as e:  # corrupt/truncated/unsupported: count and go on
             bad += 1
-            log.warning("skipping unreadable image %s (%s)", f, type(e).__name__)
-    if bad:
-        log.warning("skipped %d unreadable image(s) under %s", bad, path)
+            unused.add(f)
+            if len(bad_names) < 3:
+                bad_names.append(f"{relative_name(path, f)} ({type(e).__name__})")
+    if bad:  # one summary, not one line per file
+        more = f", and {bad - len(bad_names)} more" if bad > len(bad_names) else ""
+        log.warning("skipped %d unreadable image(s) under %s: %s%s", bad, path, ", ".join(bad_names), more)
     counts = {c: ys.count(i) for i, c in enumerate(classes)}
     short = {c: n for c, n in counts.items() if n < MIN_IMAGES_PER_CLASS}
     if short:
@@ -171,5 +209,40 @@ def load_image_data(path: str | Path, preprocessing: dict[str, Any], seed: int =
     mean = torch.tensor(preprocessing["mean"], dtype=torch.float32)
     std = torch.tensor(preprocessing["std"], dtype=torch.float32)
     tr, va, te = _stratified_split(ys, (val_fraction, test_fraction), seed)
-    mk = lambda idx: Split(x[idx], y[idx], mean, std)  # noqa: E731
-    return ImageData(classes, mk(torch.tensor(tr)), mk(torch.tensor(va)), mk(torch.tensor(te)), skipped=bad)
+    names = [relative_name(path, f) for f in used]
+
+    def mk(idx: list[int]) -> Split:
+        t = torch.tensor(idx, dtype=torch.long)
+        return Split(x[t], y[t], mean, std, [names[i] for i in idx])
+
+    return ImageData(classes, mk(tr), mk(va), mk(te), skipped=bad, root=str(path), seed=seed,
+                     ignored=sorted(relative_name(path, f) for f in unused))
+
+
+def relative_name(root: str | Path, f: Path) -> str:
+    """A file's name relative to --data (its own name when --data is the file)."""
+    root = Path(root)
+    return f.name if root.is_file() else f.relative_to(root).as_posix()
+
+
+def load_image_files(root: str | Path, names: Sequence[str], labels: Sequence[str],
+                     preprocessing: dict[str, Any]) -> Split:
+    """Exactly the listed images (class = first folder of the name), in order.
+
+    Used for recorded splits (pocketsize.splits): a file that cannot be read
+    now is an error, not a skip, since the record says it was readable."""
+    root = Path(root)
+    index = {c: i for i, c in enumerate(labels)}
+    xs, ys = [], []
+    for name in names:
+        try:
+            xs.append(load_image(root / name, preprocessing))
+        except Exception as e:
+            raise BadInput(f"--data {root}: {name} cannot be read ({type(e).__name__}); "
+                           "pass the data compress used or re-run pocketsize compress") from None
+        ys.append(index[name.split("/", 1)[0]])
+    _, h, w = preprocessing["input_size"]
+    x = torch.stack(xs) if xs else torch.empty((0, 3, int(h), int(w)), dtype=torch.uint8)
+    mean = torch.tensor(preprocessing["mean"], dtype=torch.float32)
+    std = torch.tensor(preprocessing["std"], dtype=torch.float32)
+    return Split(x, torch.tensor(ys, dtype=torch.long), mean, std, list(names))

@@ -1,4 +1,4 @@
-"""Errors that carry the CLI exit code (CONTRACT.md).
+"""Errors that carry the CLI exit code (docs/interfaces.md).
 
 Library code raises these; the CLI prints ``str(err)`` as one line and exits
 with ``err.exit_code``. Anything else is a bug: exit 1.

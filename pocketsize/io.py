@@ -30,12 +30,36 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+_FALLBACK_UMASK: list[int] = []
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows.
+
+    Linux exposes it in /proc/self/status (thread-safe, always current);
+    elsewhere it is read once with the set-and-restore dance and cached.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    if not _FALLBACK_UMASK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        _FALLBACK_UMASK.append(mask)
+    return _FALLBACK_UMASK[0]
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically (tmp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs are shared like any file
         with os.fdopen(fd, "w") as f:
             json.dump(_jsonable(data), f, indent=2, sort_keys=False)
             f.write("\n")
@@ -63,6 +87,11 @@ def check_out_dir(out: str | os.PathLike) -> Path:
     user had may be lost. An empty folder is accepted (CI jobs pre-create them).
     """
     out = Path(out)
+    if out.is_symlink():
+        raise BadInput(f"--out {out} is a symbolic link; pass a new folder name (the link is left alone)")
+    if out.name in ("", ".", "..") or (out.is_dir() and out.resolve() == Path.cwd().resolve()):
+        raise BadInput(f"--out {out} is the current or a parent folder, which cannot be replaced; "
+                       "pass a new folder name (e.g. --out results)")
     if out.exists() and not out.is_dir():
         raise BadInput(f"--out {out} is a file; pass a folder path")
     if out.is_dir() and any(out.iterdir()):
@@ -84,6 +113,7 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
     out = check_out_dir(out)
     tmp = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}.partial-"))
     try:
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; the output is an ordinary folder
         yield tmp
         if out.is_dir():  # empty by check_out_dir; rmdir fails loudly if not
             out.rmdir()

@@ -1,6 +1,6 @@
 """MODEL specs -> a stock timm/transformers model plus its adapter and metadata.
 
-Specs (CONTRACT.md): ``timm:<name>``, ``hf:<id>``, ``zoo:<name>``, or a local
+Specs (docs/interfaces.md): ``timm:<name>``, ``hf:<id>``, ``zoo:<name>``, or a local
 directory written by transformers' save_pretrained, timm's save_for_hf, or
 ``pocketsize compress`` (DIR or DIR/model).
 """
@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from pocketsize.errors import BadInput, PocketsizeError
+from pocketsize.io import digest
 
 from .models import Adapter, adapter_for, get_adapter
 from .models.base import Loaded  # noqa: F401  (the loaded-model record lives with the adapters)
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 META_FILE = "pocketsize.json"
 WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_SHA_KEY = "weights_sha256"  # sha256 of WEIGHTS_FILE, in META_FILE
 
 
 # --- spec resolution -------------------------------------------------------
@@ -64,9 +66,38 @@ def _load_dir(path: Path, **kwargs: Any) -> Loaded:
         cfg = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
         raise BadInput(f"{cfg_file} is not valid JSON ({e.msg}); re-save the model") from None
+    if not isinstance(cfg, dict) or ("architecture" not in cfg and "model_type" not in cfg):
+        raise BadInput(f"{cfg_file} has neither model_type (transformers) nor architecture (timm); "
+                       "re-save the model with save_pretrained or timm's save_for_hf")
+    _check_local_weights(path)
     if "architecture" in cfg and "model_type" not in cfg:
         return _load_timm_dir(path, cfg)
     return _load_hf(str(path), source=str(path), **kwargs)
+
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _check_local_weights(path: Path) -> None:
+    """A local model directory must hold readable safetensors: a pickle-only
+    checkpoint is refused (never unpickled), a truncated file is bad input."""
+    shards = sorted(path.glob("*.safetensors"))
+    if not shards:
+        pickles = sorted(f.name for f in path.iterdir() if f.suffix in _PICKLE_SUFFIXES and f.is_file())
+        if pickles:
+            raise BadInput(f"{path} has only a pickle checkpoint ({pickles[0]}) and no {WEIGHTS_FILE}; pocketsize "
+                           "loads safetensors only, so convert it with the safetensors converter "
+                           "(huggingface.co/spaces/safetensors/convert) and pass the converted directory")
+        raise BadInput(f"{path} has no {WEIGHTS_FILE}; re-save the model with save_pretrained or timm's save_for_hf")
+    from safetensors import SafetensorError, safe_open
+
+    for f in shards:
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                st.keys()
+        except (SafetensorError, OSError) as e:
+            raise BadInput(f"{f} is not a readable safetensors file ({_one_line(e)}); it is truncated or corrupt, "
+                           "copy or re-save the model again") from None
 
 
 def _load_timm_dir(path: Path, cfg: dict[str, Any]) -> Loaded:
@@ -128,7 +159,8 @@ def _load_hf(ident: str, source: str, **kwargs: Any) -> Loaded:
     vision = [a for a in archs if a in _HF_VISION]
     if vision or cfg.model_type in ("vit", "deit", "dinov2"):
         cls_name = vision[0] if vision else {"vit": "ViTModel", "deit": "DeiTModel", "dinov2": "Dinov2Model"}[cfg.model_type]
-        model = getattr(transformers, cls_name).from_pretrained(ident)
+        local = Path(ident).is_dir()  # local: safetensors only (checked by _check_local_weights), never a pickle
+        model = getattr(transformers, cls_name).from_pretrained(ident, **({"use_safetensors": True} if local else {}))
         adapter = _adapter(model)
         loaded = Loaded(model.eval(), adapter, {"source": source})
         loaded.meta["preprocessing"] = _hf_preprocessing(ident, adapter, model)
@@ -168,17 +200,49 @@ def _hf_preprocessing(ident: str, adapter, model) -> dict[str, Any]:
     return pp
 
 
+def _size_mismatches(text: str) -> str:
+    """'blocks.0.mlp.fc1.weight: file [96, 64] vs model [128, 64], +2 more' from torch's load error."""
+    import re
+
+    found = re.findall(r"size mismatch for ([\w.]+): copying a param with shape torch\.Size\((\[[^\]]*\])\) "
+                       r"from checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)", text)
+    if not found:
+        return ""
+    name, a, b = found[0]
+    more = f", +{len(found) - 1} more" if len(found) > 1 else ""
+    return f"{name}: file {a} vs model {b}{more}"
+
+
 def _adapter(model: nn.Module) -> Adapter:
     return adapter_for(model)
 
 
-def _load_safetensors(model: nn.Module, path: Path) -> None:
+def _one_line(e: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's text, cut at a word boundary (for one-line errors)."""
+    text = " ".join(str(e).strip().splitlines()[:1]) or type(e).__name__
+    text = text.rstrip(":").strip()
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return text
+
+
+def _load_safetensors(model: nn.Module, path: Path, meta_file: Path | None = None) -> None:
+    from safetensors import SafetensorError
     from safetensors.torch import load_model as st_load
 
     try:
         missing, unexpected = st_load(model, str(path), strict=False)
+    except SafetensorError as e:  # truncated / not safetensors at all
+        raise BadInput(f"{path} is not a readable safetensors file ({_one_line(e)}); it is truncated or corrupt, "
+                       "re-save the model") from None
+    except RuntimeError as e:  # torch's multi-line "size mismatch for ..." list
+        shapes = _size_mismatches(str(e))
+        where = f"the widths in {meta_file}" if meta_file is not None else "the architecture in config.json"
+        raise BadInput(f"{path} does not match {where} ({shapes or _one_line(e)}); the directory is corrupt or "
+                       "mixes two models, re-save it" + (" with pocketsize compress" if meta_file else "")) from None
     except Exception as e:
-        raise BadInput(f"{path} could not be read as safetensors matching the architecture ({e}); re-save the model") from None
+        raise BadInput(f"{path} could not be read as safetensors matching the architecture ({_one_line(e)}); "
+                       "re-save the model") from None
     if missing or unexpected:
         raise BadInput(f"{path} does not match the recorded architecture (missing {list(missing)[:3]}, "
                        f"unexpected {list(unexpected)[:3]}); the directory is corrupt or from another model")
@@ -197,27 +261,55 @@ def save_model_dir(loaded: Loaded, dest: Path) -> None:
     meta = dict(loaded.meta)
     meta["format_version"] = FORMAT_VERSION
     save_model(loaded.model, str(dest / WEIGHTS_FILE))
-    loaded.adapter.save_extras(loaded, dest)
+    loaded.adapter.save_extras(loaded, dest)  # may rewrite the weights (LLMs: transformers' own layout)
+    meta[WEIGHTS_SHA_KEY] = digest(dest / WEIGHTS_FILE)[1]  # every load verifies it (load_pocketsize_dir)
     write_json(dest / META_FILE, meta)
 
 
+
+def _verify_weights(path: Path, meta: dict[str, Any]) -> None:
+    """model.safetensors must hash to the sha256 that pocketsize compress recorded."""
+    weights = path / WEIGHTS_FILE
+    want = meta.get(WEIGHTS_SHA_KEY)
+    if not want:  # written before the hash existed: still loads, unverified
+        log.warning("%s has no %s (written by an older pocketsize); %s is not verified, re-run "
+                    "pocketsize compress to record it", path / META_FILE, WEIGHTS_SHA_KEY, weights)
+        return
+    got = digest(weights)[1]
+    if got != str(want).lower():
+        raise BadInput(f"{weights} does not match the sha256 in {path / META_FILE}: expected {str(want)[:16]}..., "
+                       f"got {got[:16]}...; the file is corrupt or was replaced, re-run pocketsize compress")
+
+
 def load_pocketsize_dir(path: Path) -> Loaded:
-    meta = json.loads((path / META_FILE).read_text())
+    meta_file = path / META_FILE
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadInput(f"{meta_file} is not valid JSON ({type(e).__name__}); re-run pocketsize compress") from None
+    if not isinstance(meta, dict) or not all(k in meta for k in ("family", "architecture", "layers")):
+        raise BadInput(f"{meta_file} lacks family/architecture/layers; re-run pocketsize compress")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise BadInput(f"{path} was written by a newer pocketsize (format {meta['format_version']}); upgrade pocketsize")
-    adapter = get_adapter(meta["family"])
-    record = dict(meta["architecture"])
-    record["layers"] = meta["layers"]
-    model = adapter.build(record)
     weights = path / WEIGHTS_FILE
     if not weights.exists():
         raise BadInput(f"{path} has no {WEIGHTS_FILE}; the model directory is incomplete, run pocketsize compress again")
-    _load_safetensors(model, weights)
+    _verify_weights(path, meta)
+    meta.pop(WEIGHTS_SHA_KEY, None)  # recomputed by save_model_dir; never carried stale
+    adapter = get_adapter(meta["family"])
+    record = dict(meta["architecture"])
+    record["layers"] = meta["layers"]
+    try:
+        model = adapter.build(record)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        raise BadInput(f"{meta_file} describes an architecture that cannot be built ({_one_line(e)}); "
+                       "re-run pocketsize compress") from None
+    _load_safetensors(model, weights, meta_file)
     loaded = Loaded(model.eval(), adapter, meta)
     adapter.load_extras(loaded, path)
     return loaded
 
 
 def load(path: str | Path) -> nn.Module:
-    """CONTRACT.md: the torch model saved by ``pocketsize compress`` (path = DIR/model)."""
+    """The torch model saved by ``pocketsize compress`` (path = DIR/model)."""
     return load_model(path).model

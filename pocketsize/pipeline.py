@@ -30,9 +30,13 @@ def run(model: Any, data: str, out: str | Path, prune_config=None, to: tuple[str
     t0 = time.time()
     check_out_dir(out)
     # validate the cheap things before the expensive ones
-    export_cfg_orig = export.ExportConfig(targets=tuple(to), quantize=quantize, data=data,
-                                          seed=getattr(prune_config, "seed", 0))
-    bench_cfg = bench_config or benchmarks.BenchConfig(seed=getattr(prune_config, "seed", 0))
+    # the split travels as split.json: export writes it from pruned.data into each export folder
+    export_cfg_orig = export.ExportConfig(targets=tuple(to), quantize=quantize, data=data)
+    bench_cfg = bench_config or benchmarks.BenchConfig()
+    if isinstance(device, str):  # parse --device now (no connection): a typo must not cost a compress
+        from pocketsize.benchmarks.devices import check_device_spec
+
+        check_device_spec(device)
     log.info("stage 1/3: compress")
     pruned = compress.prune(model, data, prune_config, progress=progress)
     with atomic_dir(out) as tmp:
@@ -60,11 +64,13 @@ def run(model: Any, data: str, out: str | Path, prune_config=None, to: tuple[str
     return summary
 
 
-def summarize(report: dict[str, Any], results: dict[str, Any], seconds: float) -> dict[str, Any]:
+def summarize(report: dict[str, Any], results: Any, seconds: float) -> dict[str, Any]:
+    from pocketsize.benchmarks.results import Results
+
     p50: dict[tuple[str, str], float] = {}
-    for r in results.get("results", []):
-        if r.get("status") == "ok" and r.get("quantize", "none") in ("none", None):
-            p50[(r["variant"], r["format"])] = r["latency_ms"]["p50"]
+    for r in Results.of(results).results:
+        if r.ok and r.quantize in ("none", None):
+            p50[(r.variant, r.format)] = r.latency_ms["p50"]
     speedup = {fmt: p50[("original", fmt)] / p50[("compressed", fmt)]
                for (v, fmt) in p50 if v == "original" and ("compressed", fmt) in p50 and p50[("compressed", fmt)] > 0}
     return {"params_ratio": report["params_ratio"], "metric": report["metric"], "before": report["before"],
@@ -73,26 +79,26 @@ def summarize(report: dict[str, Any], results: dict[str, Any], seconds: float) -
             "speedup": speedup, "seconds": round(seconds, 1)}
 
 
-def summarize_lm(report: dict[str, Any], results: dict[str, Any], export_dir: Path) -> dict[str, Any]:
+def summarize_lm(report: dict[str, Any], results: Any, export_dir: Path) -> dict[str, Any]:
     """The language-model view: personal perplexity, greedy-token parity per
     artifact, and tokens/s per variant and format."""
-    from .io import read_json
+    from pocketsize.benchmarks.results import Results
+    from pocketsize.export.manifest import Manifest
 
     parity = {}
     for variant in ("original", "compressed"):
-        m = export_dir / variant / "manifest.json"
-        for a in (read_json(m).get("artifacts") or []) if m.exists() else []:
-            p = a.get("parity") or {}
-            g = p.get("greedy") or {}
-            parity[f"{variant}/{a['format']}"] = {
-                "checked": p.get("checked"), "passed": p.get("passed"), "greedy_tokens": g.get("new_tokens"),
-                "greedy_match": g.get("match"), "max_abs_diff": p.get("max_abs_diff"), "reason": p.get("reason")}
+        folder = export_dir / variant
+        for a in Manifest.load(folder).artifacts if (folder / "manifest.json").exists() else []:
+            p, g = a.parity, a.parity.greedy or {}
+            parity[f"{variant}/{a.format}"] = {
+                "checked": p.checked, "passed": p.passed, "greedy_tokens": g.get("new_tokens"),
+                "greedy_match": g.get("match"), "max_abs_diff": p.max_abs_diff, "reason": p.reason}
     speed = {}
-    for r in results.get("results", []):
-        speed[f"{r['variant']}/{r['format']}"] = {
-            "status": r["status"], "prefill_tokens_per_s": r.get("prefill_tokens_per_s"),
-            "decode_tokens_per_s": r.get("decode_tokens_per_s"), "ttft_ms": r.get("ttft_ms"),
-            "peak_rss_mb": r.get("peak_rss_mb"), "perplexity": r.get("perplexity"), "error": r.get("error")}
+    for r in Results.of(results).results:
+        speed[f"{r.variant}/{r.format}"] = {
+            "status": r.status, "prefill_tokens_per_s": r.prefill_tokens_per_s,
+            "decode_tokens_per_s": r.decode_tokens_per_s, "ttft_ms": r.ttft_ms,
+            "peak_rss_mb": r.peak_rss_mb, "perplexity": r.perplexity, "error": r.error}
     return {"perplexity": {"before": report["before"], "after": report["after"], "split": "held-out"},
             "parity": parity, "tokens_per_s": speed}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,6 +33,7 @@ class TextSplit:
     """Token chunks (N, T) of one split."""
 
     ids: torch.Tensor
+    chunks: list[int] | None = None  # row i is chunk chunks[i] of the token stream (split.json records them)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -52,6 +53,11 @@ class TextData:
     seq_len: int
     tokens: int
     files: int
+    root: str | None = None       # the --data file or folder
+    seed: int | None = None       # the seed that drew the split
+    # (file name, start, end) of each document in the token stream; end includes its EOS
+    sources: list[tuple[str, int, int]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # listed but empty (whitespace only)
 
     def summary(self) -> dict[str, Any]:
         return {"files": self.files, "tokens": self.tokens, "seq_len": self.seq_len,
@@ -139,7 +145,8 @@ def split_stream(ids: torch.Tensor, seed: int, seq_len: int = SEQ_LEN, max_val: 
     n_test = min(max_test, max(1, round(0.1 * n)))
     n_val = min(max_val, max(1, round(0.1 * n)))
     test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
-    return TextSplit(chunks[train]), TextSplit(chunks[val]), TextSplit(chunks[test]), seq_len
+    return (TextSplit(chunks[train], train.tolist()), TextSplit(chunks[val], val.tolist()),
+            TextSplit(chunks[test], test.tolist()), seq_len)
 
 
 def load_text_data(path: str | Path, tokenizer, seed: int = 0, seq_len: int = SEQ_LEN) -> TextData:
@@ -147,11 +154,22 @@ def load_text_data(path: str | Path, tokenizer, seed: int = 0, seq_len: int = SE
     if tokenizer is None:
         raise BadInput("the model has no tokenizer; save it next to the model with "
                        "tokenizer.save_pretrained(MODEL_DIR)")
+    from pocketsize.data import relative_name
+
     files = text_files(path)
-    docs = read_texts(path)
-    ids = tokenize(docs, tokenizer)
+    texts = {relative_name(path, f): read_text(f) for f in files}
+    docs = {name: t for name, t in texts.items() if t.strip()}
+    if not docs:
+        read_texts(path)  # its BadInput names the problem
+    # tokenized per document so that each chunk can be traced to its files;
+    # the concatenation equals tokenize(all docs)
+    pieces = [tokenize([t], tokenizer) for t in docs.values()]
+    ids = torch.cat(pieces)
+    ends = torch.tensor([p.numel() for p in pieces]).cumsum(0).tolist()
+    sources = [(name, end - p.numel(), end) for name, p, end in zip(docs, pieces, ends)]
     train, val, test, seq_len = split_stream(ids, seed, seq_len)
-    return TextData(train, val, test, seq_len, int(ids.numel()), len(files))
+    return TextData(train, val, test, seq_len, int(ids.numel()), len(files), root=str(path), seed=seed,
+                    sources=sources, ignored=sorted(set(texts) - set(docs)))
 
 
 # --- metric --------------------------------------------------------------------

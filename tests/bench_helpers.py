@@ -1,7 +1,7 @@
 """Tiny artifacts and data for tests of the benchmark harness (no downloads, seconds to build).
 
 ``tiny_export(out, variant)`` writes an export folder (model.pte, model.onnx,
-manifest.json with CONTRACT.md keys) for a small random timm ViT;
+manifest.json with the documented keys) for a small random timm ViT;
 ``tiny_data()`` gives a held-out split in the shape ``pocketsize.data`` returns.
 Built once per process and cached, so several test modules can share them.
 """
@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
+
+from pocketsize.export.manifest import MANIFEST_VERSION, Manifest
 
 IMG = 32
 LABELS = ["a", "b", "c", "d"]
@@ -100,6 +101,7 @@ def tiny_export(out: Path, variant: str = "original", formats: tuple[str, ...] =
                           input_names=["pixel_values"], output_names=["logits"], verbose=False)
         arts.append(("onnx", "model.onnx"))
     manifest = {
+        "format_version": MANIFEST_VERSION,
         "source": f"test:tiny-vit-{variant}", "variant": variant, "task": "image-classification",
         "preprocessing": PREPROCESSING, "labels": LABELS,
         "inputs": [{"name": "pixel_values", "shape": [1, 3, IMG, IMG], "dtype": "float32"}],
@@ -109,7 +111,7 @@ def tiny_export(out: Path, variant: str = "original", formats: tuple[str, ...] =
                        "parity": {"checked": False, "max_abs_diff": None, "top1_agreement": None,
                                   "reason": "test fixture"}, "delegation": {}} for f, p in arts],
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    Manifest.from_json(manifest, "tiny_export").write(out)  # through the record: the fixture stays in schema
     return out
 
 

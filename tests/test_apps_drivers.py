@@ -316,7 +316,7 @@ def test_ios_refuses_onnx():
 @pytest.mark.parametrize("vector,platform,fmt", [(ANDROID_VECTOR, "android", "executorch"),
                                                   (IOS_VECTOR, "ios", "coreml")])
 def test_app_test_vectors_become_results_json_entries(vector, platform, fmt, tmp_path):
-    """What each app writes parses into a CONTRACT.md results.json entry via the harness."""
+    """What each app writes parses into a documented results.json entry via the harness."""
     harness = pytest.importorskip("pocketsize.benchmarks.harness")
     from pocketsize.benchmarks.config import BenchConfig
 

@@ -1,6 +1,7 @@
 """End to end on --device local: tiny ViT artifacts (original + compressed), executorch + onnx."""
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -84,7 +85,9 @@ def test_crash_and_hang_fail_alone(exports, tmp_path):
     shutil.copytree(exports / "original", art)  # model.onnx may come with model.onnx.data
     (art / "broken.pte").write_bytes(b"\0" * 64)
     manifest = json.loads((exports / "original" / "manifest.json").read_text())
-    manifest["artifacts"].insert(0, dict(manifest["artifacts"][0], path="broken.pte", bytes=64))
+    # recorded with its own sha256: this checks the runner crash, not the integrity check (test_records.py)
+    manifest["artifacts"].insert(0, dict(manifest["artifacts"][0], path="broken.pte", bytes=64,
+                                         sha256=hashlib.sha256(b"\0" * 64).hexdigest()))
     (art / "manifest.json").write_text(json.dumps(manifest))
     doc = run(art, "local", BenchConfig(**QUICK), out_dir=tmp_path / "o")
     st = [r["status"] for r in doc["results"]]

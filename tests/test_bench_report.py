@@ -23,8 +23,10 @@ def _doc():
             res.append({"variant": v, "format": f, "quantize": "none", "status": "ok", "bytes": int(scale * 3e6),
                         "latency_ms": latency_stats(xs), "latency_samples_ms": xs, "accuracy": 0.9 if v == "original" else 0.85,
                         "eval_samples": 100, "peak_rss_mb": 30.0, "memory": {"anon_mb": 10.0, "file_mb": 20.0},
-                        "warnings": [], "error": None, "load_ms": 5.0, "first_inference_ms": 3.0, "timed_runs": 40})
-    return {"device": {"kind": "local", "name": "host", "emulated": False}, "config": {"warmup": 1}, "results": res}
+                        "warnings": [], "error": None, "load_ms": 5.0, "first_inference_ms": 3.0, "timed_runs": 40,
+                        "runtime": f, "threads": 1, "warmup": 1, "iterations": 40})
+    return {"format_version": 1, "config": {"warmup": 1}, "results": res,
+            "device": {"kind": "local", "name": "host", "emulated": False, "os": "Linux", "arch": "x86_64", "cpu": None}}
 
 
 def _chromium(*args, timeout=90):

@@ -20,7 +20,7 @@ import getpass  # noqa: E402
 import sys  # noqa: E402
 
 from pocketsize.benchmarks import BenchConfig, run  # noqa: E402
-from bench_helpers import eager_accuracy, tiny_data  # noqa: E402
+from bench_helpers import eager_accuracy, tiny_data, tiny_export  # noqa: E402
 
 
 def _free_port() -> int:
@@ -80,12 +80,7 @@ def test_ssh_runs_executorch_and_onnx(sshd, tmp_path):
 
 
 def test_ssh_vanished_device_fails_every_result_cleanly(tmp_path):
-    art = tmp_path / "exp"
-    art.mkdir()
-    (art / "model.pte").write_bytes(b"x")
-    (art / "manifest.json").write_text(json.dumps({
-        "source": "t", "preprocessing": {"input_size": [3, 8, 8]},
-        "artifacts": [{"format": "executorch", "path": "model.pte"}, {"format": "onnx", "path": "model.pte"}]}))
+    art = tiny_export(tmp_path / "exp", "original", formats=("executorch", "onnx"))
     spec = f"ssh://nobody@127.0.0.1:{_free_port()}?strict=no"
     doc = run(art, spec, BenchConfig(timeout_s=20), out_dir=tmp_path / "o")
     assert [r["status"] for r in doc["results"]] == ["failed", "failed"]

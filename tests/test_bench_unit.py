@@ -92,7 +92,7 @@ def test_ssh_spec_parsing_and_quoting():
     dev = get_device("ssh://pi@board.local:2222?identity=/k/id%20key&python=/opt/py/bin/python3")
     assert (dev.user, dev.host, dev.port, dev.identity) == ("pi", "board.local", 2222, "/k/id key")
     argv = dev.ssh_argv("echo " + shlex.quote("a b; rm -rf /"))
-    assert argv[-3:] == ["pi@board.local", "--", "echo 'a b; rm -rf /'"]
+    assert argv[-3:] == ["--", "pi@board.local", "echo 'a b; rm -rf /'"]  # options end before the destination
     assert ["-p", "2222"] == argv[argv.index("-p"):argv.index("-p") + 2]
     assert argv[argv.index("-i") + 1] == "/k/id key"
     for bad in ("ssh://", "ssh://h:port", "ssh://u@h?color=red"):
@@ -105,11 +105,13 @@ def _result(variant, fmt, p50, status="ok"):
     return {"variant": variant, "format": fmt, "quantize": "none", "status": status, "bytes": 2_000_000,
             "latency_ms": latency_stats(xs), "latency_samples_ms": xs, "accuracy": 0.9, "eval_samples": 10,
             "peak_rss_mb": 10.0, "memory": {}, "warnings": [], "error": None if status == "ok" else "boom",
-            "load_ms": 1.0, "first_inference_ms": 2.0, "timed_runs": 20}
+            "load_ms": 1.0, "first_inference_ms": 2.0, "timed_runs": 20, "runtime": fmt, "threads": 1,
+            "warmup": 0, "iterations": 20}
 
 
 def test_report_is_self_contained_with_three_plots():
-    doc = {"device": {"kind": "qemu-aarch64", "emulated": True, "cpu": "QEMU <script>"}, "config": {},
+    doc = {"format_version": 1, "device": {"kind": "qemu-aarch64", "emulated": True, "cpu": "QEMU <script>",
+                                           "name": "q", "os": "Linux", "arch": "aarch64"}, "config": {},
            "results": [_result("original", "executorch", 2.0), _result("compressed", "executorch", 1.0),
                        _result("original", "onnx", 3.0, status="failed")]}
     page = render(doc)

@@ -88,7 +88,7 @@ def test_cli_prunes_local_directory_to_half(which, request, image_folder, tmp_pa
     assert rc == 0, err
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert 0.49 <= summary["params_ratio"] <= 0.51
-    assert {p.name for p in out.iterdir()} == {"model", "plan.json", "compress_report.json"}
+    assert {p.name for p in out.iterdir()} == {"model", "plan.json", "compress_report.json", "split.json"}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial folder left
 
     report = json.loads((out / "compress_report.json").read_text())

@@ -1,6 +1,6 @@
 """Every pruning method through compress.prune on a tiny timm ViT: the kept
-fraction of parameters equals the ratio within 0.01 (CONTRACT), plan.json has
-the CONTRACT keys with both unit kinds scored, the report adds up, and the same
+fraction of parameters equals the ratio within 0.01 (the contract), plan.json has
+the documented keys with both unit kinds scored, the report adds up, and the same
 seed gives the same plan."""
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def test_device_auto_resolves_and_missing_accelerator_is_bad_input():
 
     assert resolve_device("auto").type in ("cuda", "mps", "cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(BadInput, match="--device cpu"):
+        with pytest.raises(BadInput, match="--torch-device cpu"):
             resolve_device("cuda")
     with pytest.raises(BadInput, match="cuda, cuda:N"):
         PruneConfig(device="tpu")

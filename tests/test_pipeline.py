@@ -24,6 +24,10 @@ def test_run_writes_every_stage_and_a_summary(tiny_vit, image_folder, tmp_path, 
     for rel in ("compress/plan.json", "compress/compress_report.json", "export/original/manifest.json",
                 "export/compressed/manifest.json", "bench/results.json", "bench/report.html", "summary.json"):
         assert (out / rel).is_file(), rel
+    # one recorded split: the held-out images of both exports are the ones compress held out
+    split = (out / "compress/split.json").read_bytes()
+    for rel in ("compress/model/split.json", "export/original/split.json", "export/compressed/split.json"):
+        assert (out / rel).read_bytes() == split, rel
     summary = json.loads((out / "summary.json").read_text())
     assert abs(summary["params_ratio"] - 0.6) <= 0.01 and summary["metric"] == "accuracy"
     assert summary["speedup"]["onnx"] > 0

@@ -48,3 +48,14 @@ def get_device(spec: str) -> Device:
                            f"({mod_name} missing); pass one of: {USAGE}") from None
         raise
     return getattr(mod, cls_name)(spec)
+
+
+def check_device_spec(spec: str) -> str:
+    """Validate a ``--device`` string up front, without connecting to anything.
+
+    Device constructors only parse their spec (connections happen in
+    ``describe``/``run``), so building one and dropping it is the parse.
+    Raises BadInput for an unknown key or a malformed spec; returns ``spec``.
+    """
+    get_device(spec)
+    return spec

@@ -20,6 +20,7 @@ from android-demo/, see its README) and ``adb`` on PATH.
 from __future__ import annotations
 
 import logging
+import re
 import shlex
 import shutil
 import subprocess
@@ -51,6 +52,9 @@ class AdbDevice(Device):
         key, _, serial = spec.partition(":")
         if key != "adb":
             raise BadInput(f"--device {spec!r}: write adb or adb:SERIAL (serial from `adb devices`)")
+        if serial and not re.fullmatch(r"[A-Za-z0-9_.:\[\]%][A-Za-z0-9_.:\[\]%-]*", serial):
+            raise BadInput(f"--device {spec!r}: the serial {serial!r} is not a plain adb serial (it must not "
+                           "start with '-' or contain spaces); write adb:SERIAL as `adb devices` prints it")
         self.serial = serial or None
         self.contract = load_contract()
         self.android = self.contract["android"]

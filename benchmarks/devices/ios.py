@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -58,6 +59,9 @@ class IosDevice(Device):
         if method == "xctest" and not xctestrun:
             raise BadInput("the xctest method needs the .xctestrun file from "
                            "`xcodebuild build-for-testing` (see ios-demo/README.md)")
+        if udid and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", udid):
+            raise BadInput(f"--device {spec!r}: the UDID {udid!r} is not a device identifier (letters, digits "
+                           "and '-', not first); write ios:UDID as `xcrun devicectl list devices` prints it")
         self.udid = udid or None
         self.method = method
         self.xctestrun = Path(xctestrun) if xctestrun else None

@@ -13,6 +13,7 @@ Optional query parameters: ``identity=PATH`` (private key), ``known_hosts=PATH``
 from __future__ import annotations
 
 import io
+import re
 import shlex
 import shutil
 import subprocess
@@ -30,6 +31,10 @@ from .process import describe_exit, tail
 RUNNER_DIR = Path(__file__).resolve().parent.parent / "runner"
 SSH_FAILED = 255  # ssh's own exit code for connection errors
 KILLED = 137      # `timeout -s KILL` → 128 + 9
+#: a user or host name that ssh cannot read as an option: no leading "-", no blanks or control characters
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.\[\]:%][A-Za-z0-9_.\[\]:%@+~-]*")
+#: what ``mktemp -d /tmp/pocketsize.XXXXXX`` prints, and nothing else: one absolute path in /tmp
+REMOTE_DIR = re.compile(r"/tmp/pocketsize\.[A-Za-z0-9]{6,}")
 
 
 class SshDevice(Device):
@@ -45,6 +50,10 @@ class SshDevice(Device):
             port = u.port or 22
         except ValueError:
             raise BadInput(f"--device {spec!r}: the port must be a number") from None
+        for what, value in (("user", u.username), ("host", u.hostname)):
+            if value is not None and not _SAFE_NAME.fullmatch(value):
+                raise BadInput(f"--device {spec!r}: the {what} {value!r} is not a plain name (it must not "
+                               "start with '-' or contain spaces/control characters); write ssh://user@host[:port]")
         self.user, self.host, self.port = u.username, u.hostname, port
         q = {k: v[-1] for k, v in parse_qs(u.query).items()}
         unknown = set(q) - {"identity", "known_hosts", "strict", "python"}
@@ -70,7 +79,8 @@ class SshDevice(Device):
         if self.known_hosts:
             argv += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
         target = f"{self.user}@{self.host}" if self.user else self.host
-        return argv + [target, "--", command]
+        # "--" ends ssh's options *before* the destination: neither it nor the command can read as one
+        return argv + ["--", target, command]
 
     def _ssh(self, command: str, timeout: float, data: bytes | None = None) -> subprocess.CompletedProcess:
         if shutil.which("ssh") is None:
@@ -134,9 +144,16 @@ class SshDevice(Device):
 
     def _remote_dir(self) -> str:
         if self._remote is None:
-            self._remote = self.sh("mktemp -d /tmp/pocketsize.XXXXXX", timeout=30).strip()
-            if not self._remote.startswith("/tmp/pocketsize."):
-                raise DeviceUnavailable(f"mktemp on {self.host} returned {self._remote!r}")
+            text = self.sh("mktemp -d /tmp/pocketsize.XXXXXX", timeout=30)
+            lines = text.splitlines()
+            # exactly one line, exactly the folder asked for: a banner, an empty answer or anything else
+            # would make later jobs run (and be removed) outside a folder we created; remove nothing then
+            if len(lines) != 1 or not REMOTE_DIR.fullmatch(lines[0]):
+                raise DeviceUnavailable(
+                    f"mktemp on {self.host} printed {tail(text, lines=2, chars=120)!r}, not one "
+                    "/tmp/pocketsize.XXXXXX path; make the board's shell print nothing else for "
+                    "non-interactive ssh (login banners, echo in .bashrc) and check that mktemp works")
+            self._remote = lines[0]
         return self._remote
 
     def _runner_cmd(self, job: Job, rdir: str, jdir: str) -> list[str]:
@@ -205,7 +222,8 @@ class SshDevice(Device):
     def close(self) -> None:
         if self._remote is not None:
             try:
-                self._ssh(f"rm -rf {shlex.quote(self._remote)}", timeout=60)
+                if REMOTE_DIR.fullmatch(self._remote):  # only ever the folder mktemp made for us
+                    self._ssh(f"rm -rf {shlex.quote(self._remote)}", timeout=60)
             except (DeviceUnavailable, RunnerTimeout):
                 pass
             self._remote = None

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import platform
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -44,9 +46,50 @@ def quiet_coremltools() -> Iterator[None]:
         quiet.setLevel(old)
 
 
+@contextlib.contextmanager
+def _deferred_signals() -> Iterator[None]:
+    """Hold Ctrl-C (and a caught SIGTERM/SIGHUP) while coremltools imports, then deliver it.
+
+    coremltools' __init__ wraps imports in bare ``except:`` clauses, which
+    swallow a KeyboardInterrupt raised inside them (export then ran on and
+    exited 0). A signal that arrives is recorded and re-sent once the import is
+    done, to whatever handler was installed before."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = ("SIGINT", "SIGTERM", "SIGHUP")
+    hits: list[int] = []
+    previous: dict[int, Any] = {}
+    for sig in (getattr(signal, n) for n in names if hasattr(signal, n)):
+        old = signal.getsignal(sig)
+        if callable(old):  # a Python handler raises inside the import; SIG_DFL/SIG_IGN cannot be swallowed
+            previous[sig] = old
+            signal.signal(sig, lambda signum, frame: hits.append(signum))
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    if hits:
+        signal.raise_signal(hits[0])
+        raise KeyboardInterrupt  # the previous handler returned: still never a silent success
+
+
+def import_coremltools() -> Any:
+    """``import coremltools``, never losing a Ctrl-C (see _deferred_signals)."""
+    import sys
+
+    ct = sys.modules.get("coremltools")
+    if ct is not None and getattr(ct, "target", None) is not None:  # imported completely before
+        return ct
+    with _deferred_signals():
+        import coremltools
+    return coremltools
+
+
 def deployment_target(name: str) -> Any:
     """``ct.target.<name>``; BadInput listing the names this coremltools knows."""
-    import coremltools as ct
+    ct = import_coremltools()
 
     target = getattr(ct.target, name, None)
     if target is None:
@@ -57,7 +100,7 @@ def deployment_target(name: str) -> Any:
 
 
 def compute_precision(config: Any) -> Any:
-    import coremltools as ct
+    ct = import_coremltools()
 
     return ct.precision.FLOAT16 if config.coreml_precision == "fp16" else ct.precision.FLOAT32
 
@@ -78,7 +121,7 @@ def export(job: Job, path: Path) -> dict[str, Any]:
 
 
 def _export(job: Job, path: Path) -> dict[str, Any]:
-    import coremltools as ct
+    ct = import_coremltools()
 
     target = deployment_target(job.config.coreml_target)
     precision = compute_precision(job.config)
@@ -102,7 +145,7 @@ def _export(job: Job, path: Path) -> dict[str, Any]:
 
 
 def structure_of(path: Path) -> dict[str, Any]:
-    import coremltools as ct
+    ct = import_coremltools()
 
     spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
     ops: dict[str, int] = {}
@@ -136,7 +179,7 @@ def verify(path: Path, job: Job, inputs: torch.Tensor) -> Verified:
         problems.append("the ML program has no operations")
     if not _can_predict():
         return Verified(reason=NO_PREDICT_REASON, structure=structure, problems=problems)
-    import coremltools as ct
+    ct = import_coremltools()
 
     ml = ct.models.MLModel(str(path))
     outs = [torch.from_numpy(ml.predict({job.input_name: inputs[i:i + 1].numpy()})[job.output_name])

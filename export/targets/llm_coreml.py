@@ -32,8 +32,8 @@ from typing import Any, Callable
 import torch
 
 from . import Verified, failure
-from .coreml import (BACKEND, NO_PREDICT_REASON, _can_predict, compute_precision, deployment_target, quantize_int8,
-                     quiet_coremltools)
+from .coreml import (BACKEND, NO_PREDICT_REASON, _can_predict, compute_precision, deployment_target, import_coremltools,
+                     quantize_int8, quiet_coremltools)
 from .coreml import structure_of as image_structure
 
 FORMAT = "coreml"
@@ -57,7 +57,7 @@ def expected_states(job: Any) -> list[dict[str, Any]]:
 
 def _target(name: str) -> tuple[Any, str, str | None]:
     """(ct target, its name, why it differs from ``name``): at least iOS18."""
-    import coremltools as ct
+    ct = import_coremltools()
 
     target = deployment_target(name)
     if target < ct.target.iOS18:
@@ -94,7 +94,7 @@ def export(job: Any, path: Path) -> dict[str, Any]:
 
 
 def _export(job: Any, path: Path) -> dict[str, Any]:
-    import coremltools as ct
+    ct = import_coremltools()
     import numpy as np
 
     target, target_name, raised = _target(job.config.coreml_target)
@@ -121,7 +121,7 @@ def _export(job: Any, path: Path) -> dict[str, Any]:
 def structure_of(path: Path) -> dict[str, Any]:
     """The image target's facts (spec version, inputs, outputs, op counts) plus
     each input's size ranges and the states."""
-    import coremltools as ct
+    ct = import_coremltools()
 
     out = image_structure(path)
     spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
@@ -169,7 +169,7 @@ def verify(path: Path, job: Any) -> Verified:
 def stepper(path: Path, job: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """step(input_ids (1, T), cache_position (T,)) -> logits (1, T, V); the KV
     cache lives in one MLState, zeroed first (macOS only)."""
-    import coremltools as ct
+    ct = import_coremltools()
     import numpy as np
     from coremltools.proto import FeatureTypes_pb2
 

@@ -1,6 +1,6 @@
 """``pocketsize`` command line: parses flags and calls the stages' verbs.
 
-Exit codes (CONTRACT.md): 0 ok, 2 bad input, 3 parity failure, 4 target not
+Exit codes (docs/interfaces.md): 0 ok, 2 bad input, 3 parity failure, 4 target not
 met, 1 anything else. Errors are one line on stderr; ``--debug`` shows the
 traceback.
 """
@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 
 from pocketsize import __version__
@@ -19,7 +21,8 @@ from pocketsize.errors import PocketsizeError
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse exits 2 already; keep it one line
-        self.exit(2, f"pocketsize: error: {message} (see `pocketsize {self.prog.split()[-1]} --help`)\n")
+        # self.prog is "pocketsize" or "pocketsize compress": it already starts with the program name
+        self.exit(2, f"pocketsize: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,8 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     for ours in ("pocketsize",):
         logging.getLogger(ours).setLevel(level)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    previous = _catch_termination()
     try:
         return int(args.func(args) or 0)
+    except Terminated as e:  # SIGTERM/SIGHUP: unwound like Ctrl-C, so every finally block cleaned up
+        print(f"pocketsize: terminated by {e.name}; no output was written", file=sys.stderr)
+        return 128 + e.signum
     except PocketsizeError as e:
         if args.debug:
             traceback.print_exc()
@@ -69,6 +76,51 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).splitlines()[0] if str(e) else ""
         print(f"pocketsize: error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        _restore(previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived (timeout, a CI cancel, docker stop, a closed terminal).
+
+    A KeyboardInterrupt, so it unwinds exactly like Ctrl-C: atomic folders and
+    temporary folders are removed in their finally blocks, runner process groups
+    are killed (benchmarks.devices.process.run_checked).
+    """
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        super().__init__(f"terminated by {self.name}")
+
+
+_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+def _on_signal(signum: int, frame) -> None:
+    # one clean unwind: a second TERM/HUP must not interrupt the cleanup the first one started
+    for s in _SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+def _catch_termination() -> dict:
+    """Install the handlers (main thread only; elsewhere signals cannot be caught)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for s in _SIGNALS:
+        old = signal.getsignal(s)
+        if old == signal.SIG_IGN:  # e.g. started under nohup: keep ignoring
+            continue
+        previous[s] = old
+        signal.signal(s, _on_signal)
+    return previous
+
+
+def _restore(previous: dict) -> None:
+    for s, old in previous.items():
+        signal.signal(s, old if old is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="folder written by `pocketsize export` (or one holding original/ and compressed/)")
     p.add_argument("--device", default="local",
                    help="local, qemu-aarch64, ssh://user@host[:port], adb[:serial], ios[:udid] (default: local)")
-    p.add_argument("--data", help="the user's data folder; its held-out split is evaluated on the device")
+    p.add_argument("--data", help="the user's data; the test entries of ARTIFACT_DIR's split.json are "
+                                  "evaluated on the device (no split.json: all of it)")
     p.add_argument("--out", required=True, help="new output folder")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs after the first (default 5)")
     p.add_argument("--iterations", type=int, default=30, help="minimum timed runs (default 30)")
@@ -28,7 +29,6 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--eval-samples", type=int, default=None, metavar="N",
                    help="held-out samples to evaluate (default: all locally, 16 under emulation)")
     p.add_argument("--formats", help="comma-separated subset of executorch,onnx,coreml")
-    p.add_argument("--seed", type=int, default=0, help="data split seed used by compress (default 0)")
     add_lm_args(p)
     p.set_defaults(func=main)
     return p
@@ -51,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip()) if args.formats else None
     config = BenchConfig(warmup=args.warmup, iterations=args.iterations, min_duration_s=args.min_duration,
                          threads=args.threads, timeout_s=args.timeout, eval_samples=args.eval_samples,
-                         seed=args.seed, formats=formats, prompt_tokens=args.prompt_tokens,
+                         formats=formats, prompt_tokens=args.prompt_tokens,
                          decode_tokens=args.decode_tokens)
     doc = run(args.artifact_dir, device=args.device, config=config, data=args.data, out_dir=args.out)
     for r in doc["results"]:
@@ -63,5 +63,9 @@ def main(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
     print(json.dumps({"out": str(args.out), "ok": sum(r["status"] == "ok" for r in doc["results"]),
                       "failed": sum(r["status"] != "ok" for r in doc["results"])}))
-    # partial failures are data (status/error in results.json); nothing measured at all is an error
+    # partial failures are data (status/error in results.json); nothing measured at all is an error.
+    # A file that is not the one export checked is worse than a failure: its numbers would describe
+    # some other model, so the command says so with the parity exit code (3).
+    if any(r.get("integrity") == "mismatch" for r in doc["results"]):
+        return 3
     return 0 if any(r["status"] == "ok" for r in doc["results"]) else 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -39,6 +40,9 @@ def add_prune_args(p: argparse.ArgumentParser, methods) -> None:
                    help="optional generic reference data for the personal/common contrast")
     p.add_argument("--uniform", action="store_true",
                    help="same widths in every layer (LLMs: the output then also loads with plain from_pretrained)")
+    p.add_argument("--plan", default=None, metavar="PLAN.json",
+                   help="apply the per-block allocation recorded in another run's plan.json (same MODEL); "
+                        "this user's data still picks which heads and channels fill it")
     p.add_argument("--torch-device", default="cpu", metavar="DEV",
                    help="where scoring and recovery run: cpu, cuda, cuda:N, mps or auto (default cpu); "
                         "the output is the same model on the CPU")
@@ -58,8 +62,12 @@ def config_from_args(args: argparse.Namespace):
         kw["refit_head"] = False
     if getattr(args, "torch_device", None):
         kw["device"] = args.torch_device
+    if getattr(args, "plan", None):
+        from pocketsize.compress.transplant import Allocation
+
+        kw["allocation"] = Allocation.load(args.plan).to_dict()
     extra = {}
-    if args.image_size:
+    if args.image_size is not None:  # 0 or negative: PruneConfig says so (exit 2), never silently the default
         extra["image_size"] = args.image_size
     if getattr(args, "uniform", False):
         extra["uniform"] = True
@@ -74,6 +82,11 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)  # validate flags before any heavy work
     check_out_dir(args.out)
+    if args.generic is not None and not Path(args.generic).exists():
+        from pocketsize.errors import BadInput
+
+        raise BadInput(f"--generic {args.generic} does not exist; pass the generic reference data "
+                       "(same layout as --data) or leave --generic out")
     bars = StageBars()
     try:
         pruned = prune(args.model, args.data, cfg, progress=bars, generic=args.generic)

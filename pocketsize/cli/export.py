@@ -23,9 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, metavar="TARGETS",
                    help=f"comma-separated formats: {','.join(target_names())}")
     p.add_argument("--quantize", default="none", choices=["none", "int8"], help="precision (default: none)")
-    p.add_argument("--data", default=None, help="your ImageFolder: parity on its held-out split, int8 calibration")
+    p.add_argument("--data", default=None,
+                   help="your data: parity on the test files of MODEL_DIR/split.json, int8 calibration on "
+                        "its train files (no split.json: all of it is held out)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (must not exist or be empty)")
-    p.add_argument("--seed", type=int, default=0, help="split / random-input seed (use compress's seed)")
     p.add_argument("--parity-samples", type=int, default=64, help="inputs each artifact is checked on")
     p.add_argument("--calib-samples", type=int, default=32, help="training images for static int8 calibration")
     p.add_argument("--coreml-target", default="iOS17",
@@ -39,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def handle(args: argparse.Namespace) -> int:
     from pocketsize.export import ExportConfig, export
 
-    config = ExportConfig(targets=args.to, quantize=args.quantize, data=args.data, seed=args.seed,
+    config = ExportConfig(targets=args.to, quantize=args.quantize, data=args.data,
                           parity_samples=args.parity_samples, calib_samples=args.calib_samples,
                           coreml_target=args.coreml_target, xnnpack_rewrites=not args.no_xnnpack_rewrites)
     manifest = export(args.model_dir, args.out, config)

