@@ -263,7 +263,7 @@ def _run(sets, dev: Device, config: BenchConfig, data: Any, out: Path, write: bo
             lm = manifest.llm if manifest.task == "causal-lm" else None
             if lm:
                 ev = prepare_lm_eval(data, manifest, folder, config, dev, scratch, split_for(folder, sets))
-                shape = (1, min(config.prompt_tokens, int(lm["cache_len"]) - 1))
+                shape = (1, lm_token_counts(config, int(lm["cache_len"]))[0])
             else:
                 ev = prepare_eval(data, manifest, config, dev, scratch, split_for(folder, sets))
                 shape = input_shape(manifest)
@@ -277,6 +277,8 @@ def _run(sets, dev: Device, config: BenchConfig, data: Any, out: Path, write: bo
                     res["error"] = f"device unavailable: {dev_info['error']}"
                     continue
                 if not checked_artifact(art, folder, res):
+                    continue
+                if not lm and not matching_input(folder / art.path, fmt, shape, res):
                     continue
                 job = Job(artifact=(folder / art.path).resolve(), format=fmt, input_shape=shape,
                           warmup=config.warmup, iterations=config.iterations,
@@ -317,6 +319,41 @@ def checked_artifact(art: Any, folder: Path, res: dict[str, Any]) -> bool:
         return False
     res["integrity"] = "verified"
     return True
+
+
+def artifact_input_shape(path: Path, fmt: str) -> tuple[int, ...] | None:
+    """The first input's static shape as the artifact itself records it; None when unknown
+    (dynamic dims, Core ML, or the reader is not installed)."""
+    try:
+        if fmt == "onnx":
+            import onnx
+
+            dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+            shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
+        elif fmt == "executorch":
+            from executorch.runtime import Runtime
+
+            shape = tuple(Runtime.get().load_program(path).metadata("forward").input_tensor_meta(0).sizes())
+        else:
+            return None
+    except ImportError:
+        return None
+    except Exception as e:  # an unreadable artifact fails in the runner, with its own message
+        log.debug("could not read the input shape of %s: %s", path, e)
+        return None
+    return shape if shape and all(isinstance(d, int) and d > 0 for d in shape) else None
+
+
+def matching_input(path: Path, fmt: str, shape: tuple[int, ...], res: dict[str, Any]) -> bool:
+    """Does the artifact take the input shape the manifest describes? Else the row fails
+    naming both: images resized for another shape would run at chance accuracy."""
+    actual = artifact_input_shape(path, fmt)
+    if actual is None or tuple(actual) == tuple(shape):
+        return True
+    res["error"] = (f"{path.name} takes input shape {list(actual)} but manifest.json describes {list(shape)} "
+                    "(inputs[0].shape / preprocessing.input_size were edited?); re-run `pocketsize export`")
+    log.error("%s", res["error"])
+    return False
 
 
 # --- causal LMs ------------------------------------------------------------------------
@@ -369,7 +406,12 @@ def prepare_lm_eval(data: Any, manifest: dict, folder: Path, config: BenchConfig
     n = len(test) if want is None else min(int(want), len(test))
     if n <= 0:
         return None
-    length = min(int(test.shape[1]), int(manifest["llm"]["cache_len"]))
+    cache = int(manifest["llm"]["cache_len"])
+    length = min(int(test.shape[1]), cache)
+    if length < int(test.shape[1]):
+        log.warning("perplexity: held-out chunks of %d tokens are cut to %d, the artifact's KV-cache length "
+                    "(cache_len in manifest.json); re-export with a larger lm_cache_len to score whole chunks",
+                    int(test.shape[1]), length)
     import numpy as np
 
     path = scratch / f"lm-eval-{n}-{length}.i64"
@@ -391,6 +433,24 @@ def recorded_chunks(data: Any, tokenizer: Any, split_path: Path | None):
         d = load_text_data(str(data), tokenizer)
         return torch.cat([d.test.ids, d.val.ids, d.train.ids])
     return load_chunks(_record(split_path, data, "causal-lm"), data, tokenizer, "test").ids
+
+
+def lm_token_counts(config: BenchConfig, cache_len: int) -> tuple[int, int]:
+    """(prompt, decode) tokens of one timed generation, within the artifact's KV cache
+    (prompt + decode <= cache_len); says so when --prompt-tokens/--decode-tokens are cut."""
+    if cache_len < 2:
+        raise BadInput(f"manifest.json's llm.cache_len is {cache_len}: a generation needs at least 2 "
+                       "positions (1 prompt + 1 new token); re-run `pocketsize export`")
+    prompt = min(config.prompt_tokens, cache_len - 1)
+    if prompt < config.prompt_tokens:
+        log.warning("--prompt-tokens %d: using %d, the artifact's KV cache holds %d positions "
+                    "(llm.cache_len) and at least one is kept for a new token",
+                    config.prompt_tokens, prompt, cache_len)
+    decode = min(config.decode_tokens, cache_len - prompt)
+    if decode < config.decode_tokens:
+        log.warning("--decode-tokens %d: using %d, the artifact's KV cache holds %d positions "
+                    "(llm.cache_len) and the prompt takes %d", config.decode_tokens, decode, cache_len, prompt)
+    return prompt, decode
 
 
 def run_lm(device: Device, job: Job, work: Path, lm: dict, ev: EvalSet | None, config: BenchConfig) -> RunOutput:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["prune", "write_outputs", "load", "load_model", "PruneConfig", "Pruned", "METHODS"]
+__all__ = ["prune", "write_outputs", "load", "load_model", "PruneConfig", "HeiOptions", "LMOptions", "Pruned",
+           "METHODS"]
 
 _LAZY = {
     "prune": "pocketsize.compress.pruning:prune",
@@ -18,6 +19,8 @@ _LAZY = {
     "load": "pocketsize.loading:load",
     "load_model": "pocketsize.loading:load_model",
     "PruneConfig": "pocketsize.compress.config:PruneConfig",
+    "HeiOptions": "pocketsize.compress.config:HeiOptions",
+    "LMOptions": "pocketsize.compress.config:LMOptions",
     "METHODS": "pocketsize.compress.methods:METHODS",
 }
 

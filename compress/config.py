@@ -3,12 +3,94 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from pocketsize.errors import BadInput
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # 2: the free-form ``extra`` dict became image_size, uniform, hei and lm
+
+HEI_SCORES = ("loss", "cond", "pred")
+
+
+def _options_from_dict(cls, d: Any, where: str):
+    """A nested options dataclass from its to_dict() form (plain JSON), unknown keys refused."""
+    if isinstance(d, cls):
+        return d
+    if not isinstance(d, dict):
+        raise BadInput(f"PruneConfig({where}=...): expected {cls.__name__} or a dict of its fields, "
+                       f"got {type(d).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise BadInput(f"unknown PruneConfig.{where} keys {sorted(unknown)}; valid keys: {sorted(known)}")
+    return cls(**d)
+
+
+def _number(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _whole(v: Any, lo: int) -> bool:
+    return not isinstance(v, bool) and isinstance(v, int) and v >= lo
+
+
+@dataclass(frozen=True)
+class HeiOptions:
+    """Options of ``--method hei`` (docs/method.md).
+
+    beta: how strongly the entropy-increase z-scores tilt the per-block cut
+        (weights exp(beta * z)); 0 spreads it by activation importance alone, a
+        negative beta reverses it (cuts the personalized blocks hardest; the
+        direction guards of tests/test_method_guards.py use that).
+    score: the entropy-increase estimator: ``loss``, ``cond`` or ``pred``.
+    """
+
+    beta: float = 0.3
+    score: str = "loss"
+
+    def __post_init__(self) -> None:
+        if not _number(self.beta):
+            raise BadInput(f"--hei-beta {self.beta!r}: pass a finite number (default {HeiOptions.beta})")
+        if self.score not in HEI_SCORES:
+            raise BadInput(f"--hei-score {self.score!r} is not one of {', '.join(HEI_SCORES)}")
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "HeiOptions":
+        return _options_from_dict(cls, d, "hei")
+
+
+@dataclass(frozen=True)
+class LMOptions:
+    """Language-model settings that differ from the ViT ones (compress/llm.py).
+
+    seq_len: tokens per text chunk (default pocketsize.text.SEQ_LEN).
+    batch_size: sequences per recovery step.
+    nll_tolerance: guard: undo a step that raises validation NLL by more (nats;
+        0.5 is x1.65 perplexity).
+    lr: recovery learning rate. PruneConfig.lr (1e-6) was tuned on DINOv2, whose
+        fitted probe head made larger Adam steps unstable; LMs were measured at 2e-5.
+    """
+
+    seq_len: int = 128            # == pocketsize.text.SEQ_LEN (tests/test_cli_flags.py checks it)
+    batch_size: int = 8
+    nll_tolerance: float = 0.5
+    lr: float = 2e-5
+
+    def __post_init__(self) -> None:
+        if not _whole(self.seq_len, 2):
+            raise BadInput(f"PruneConfig(lm.seq_len={self.seq_len!r}): pass a whole number of tokens >= 2")
+        if not _whole(self.batch_size, 1):
+            raise BadInput(f"PruneConfig(lm.batch_size={self.batch_size!r}): pass a whole number >= 1")
+        if not _number(self.nll_tolerance) or self.nll_tolerance < 0:
+            raise BadInput(f"PruneConfig(lm.nll_tolerance={self.nll_tolerance!r}): pass a finite number >= 0")
+        if not _number(self.lr) or self.lr <= 0:
+            raise BadInput(f"PruneConfig(lm.lr={self.lr!r}): pass a finite learning rate > 0")
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "LMOptions":
+        return _options_from_dict(cls, d, "lm")
 
 
 @dataclass(frozen=True)
@@ -57,7 +139,12 @@ class PruneConfig:
     # --plan: a recorded allocation (transplant.Allocation.to_dict()) that replaces
     # the method's own per-block widths; units inside blocks stay this user's choice
     allocation: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # input resolution of an image model (None: the model's own)
+    image_size: int | None = None
+    # same widths in every kept block (LLMs: the output loads with plain from_pretrained)
+    uniform: bool = False
+    hei: HeiOptions = field(default_factory=HeiOptions)   # --method hei only
+    lm: LMOptions = field(default_factory=LMOptions)      # language models only
 
     def __post_init__(self) -> None:
         from . import methods  # local: avoid import cycle
@@ -73,10 +160,15 @@ class PruneConfig:
             raise BadInput(f"PruneConfig(final_share={self.final_share}): must be in [0, 1]")
         if not (self.device in ("cpu", "cuda", "mps", "auto") or self.device.startswith("cuda:")):
             raise BadInput(f"--torch-device {self.device!r} is not a torch device; use cpu, cuda, cuda:N, mps or auto")
-        size = self.extra.get("image_size") if isinstance(self.extra, dict) else None
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        # nested options arrive as plain dicts from JSON (to_dict / from_dict, PruneConfig(**d))
+        object.__setattr__(self, "hei", HeiOptions.from_dict(self.hei))
+        object.__setattr__(self, "lm", LMOptions.from_dict(self.lm))
+        size = self.image_size
+        if size is not None and not _whole(size, 1):
             raise BadInput(f"--image-size {size!r}: pass a positive number of pixels (e.g. --image-size 224), "
                            "or leave it out to use the model's own")
+        if not isinstance(self.uniform, bool):
+            raise BadInput(f"PruneConfig(uniform={self.uniform!r}): pass True or False (--uniform)")
         if self.allocation is not None and not (isinstance(self.allocation, dict)
                                                 and {"heads", "channels"} <= set(self.allocation)):
             raise BadInput("--plan: the allocation must come from a plan.json (Allocation.to_dict())")

@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import math
 import time
-from typing import Any
 
 import torch
 
@@ -26,19 +25,10 @@ from pocketsize.loading import Loaded
 from .plan import count_params
 from .steps import RATIO_TOLERANCE, Progress, Pruned, StepTask, Stepped, _plan_json, buffered_steps, count_macs
 from .steps import load_generic
-from pocketsize.text import SEQ_LEN, TextData, TextSplit, load_text_data, perplexity, token_nll
+from pocketsize.text import TextData, TextSplit, load_text_data, perplexity, token_nll
 from .train import distill_kl, run_steps
 
 log = logging.getLogger(__name__)
-
-# LLM defaults that differ from the ViT ones (override through PruneConfig.extra)
-LM_BATCH_SIZE = 8        # sequences per recovery step (SEQ_LEN tokens each)
-NLL_TOLERANCE = 0.5      # guard: undo a step that raises validation NLL by more (nats; x1.65 perplexity)
-
-
-def _extra(cfg: PruneConfig, key: str, default: Any) -> Any:
-    return cfg.extra.get(key, default)
-
 
 def recover_lm(student: Loaded, teacher: Loaded | None, train: TextSplit, steps: int, lr: float,
                batch_size: int, seed: int, temperature: float = 2.0, alpha: float = 0.5,
@@ -79,7 +69,7 @@ def _check_reachable(loaded: Loaded, cfg: PruneConfig, params_before: int) -> No
         if removal:
             raise BadInput(f"--ratio {cfg.ratio} is below what removing layers can reach: one layer left still "
                            f"keeps {floor:.3f} of the parameters (embeddings included); {use}")
-        least = f"{cfg.min_heads} KV group(s)" if cfg.min_heads == 1 or not cfg.extra.get("uniform") else "every head"
+        least = f"{cfg.min_heads} KV group(s)" if cfg.min_heads == 1 or not cfg.uniform else "every head"
         raise BadInput(f"--ratio {cfg.ratio} would remove every attention head of some layers: keeping {least} and "
                        f"{cfg.channel_multiple} MLP channels per layer still leaves {floor:.3f} of the parameters; "
                        f"{use}, or --method block-influence")
@@ -89,7 +79,7 @@ def _run_config(loaded: Loaded, cfg: PruneConfig) -> PruneConfig:
     """GPT-2 in uniform mode keeps every head: its config derives head_dim
     from the head count, so fewer heads could not be described by it."""
     ad = loaded.adapter
-    if cfg.extra.get("uniform") and ad.layout(loaded.model) == "gpt2":
+    if cfg.uniform and ad.layout(loaded.model) == "gpt2":
         heads = max(ad.block_shape(b).heads for b in ad.blocks(loaded.model))
         return dataclasses.replace(cfg, min_heads=heads)
     return cfg
@@ -105,7 +95,7 @@ def prune_lm(loaded: Loaded, data: TextData | str, cfg: PruneConfig, progress: P
     if loaded.tokenizer is None and not isinstance(data, TextData):
         raise BadInput(f"{loaded.meta.get('source', 'MODEL')} has no tokenizer; save it next to the model with "
                        "tokenizer.save_pretrained(MODEL_DIR)")
-    seq_len = int(_extra(cfg, "seq_len", SEQ_LEN))
+    seq_len = cfg.lm.seq_len
     if not isinstance(data, TextData):
         data = load_text_data(data, loaded.tokenizer, seed=cfg.seed, seq_len=seq_len)
     if isinstance(generic, str):
@@ -122,7 +112,7 @@ def prune_lm(loaded: Loaded, data: TextData | str, cfg: PruneConfig, progress: P
         fit = {"finetune_steps": 0}
         if cfg.finetune_steps:
             recover_lm(loaded, None, data.train, cfg.finetune_steps, _lm_lr(cfg),
-                       int(_extra(cfg, "lm_batch_size", LM_BATCH_SIZE)), cfg.seed, progress=progress, stage="fine-tune")
+                       cfg.lm.batch_size, cfg.seed, progress=progress, stage="fine-tune")
             fit = {"finetune_steps": cfg.finetune_steps}
         x1 = data.test.ids[:1]
         macs_before = count_macs(loaded, x1)
@@ -144,7 +134,7 @@ def prune_lm(loaded: Loaded, data: TextData | str, cfg: PruneConfig, progress: P
     after = perplexity(loaded, data.test)
     loaded.refresh_meta()
     loaded.meta["compress"] = {"method": cfg.method, "ratio": cfg.ratio, "seed": cfg.seed,
-                               "uniform": bool(cfg.extra.get("uniform", False))}
+                               "uniform": cfg.uniform}
     loaded.meta["text"] = data.summary()
     plan = _plan_json(cfg, lineage, scores, kinds)
     for u in plan["units"]:
@@ -166,7 +156,7 @@ def _buffered(loaded: Loaded, teacher: Loaded | None, data: TextData, generic: T
     """The shared step-buffering loop with the LM's pieces: random token
     chunks for calibration, perplexity for validation, and a guard on the
     rise in validation NLL (nats)."""
-    batch = int(_extra(cfg, "lm_batch_size", LM_BATCH_SIZE))
+    batch = cfg.lm.batch_size
 
     def calib(g: torch.Generator):
         # random sampling: a fresh random subsample of the user's chunks per step
@@ -179,14 +169,12 @@ def _buffered(loaded: Loaded, teacher: Loaded | None, data: TextData, generic: T
     task = StepTask(
         calib=calib, validate=lambda m: perplexity(m, data.val),
         harm=lambda current, pruned: math.log(pruned) - math.log(current), harm_name="nll_rise",
-        tolerance=float(_extra(cfg, "nll_tolerance", NLL_TOLERANCE)),
+        tolerance=cfg.lm.nll_tolerance,
         recover=lambda m, steps, seed, stage: recover_lm(m, teacher, data.train, steps, _lm_lr(cfg), batch, seed,
                                                          progress=progress, stage=stage))
     return buffered_steps(loaded, task, cfg, params_before, val_before)
 
 
 def _lm_lr(cfg: PruneConfig) -> float:
-    """LM recovery rate. PruneConfig.lr (1e-6) was tuned on DINOv2, whose
-    fitted probe head made larger Adam steps unstable; the LM runs here were
-    measured at 2e-5, so LMs keep that unless extra["lm_lr"] says otherwise."""
-    return float(cfg.extra.get("lm_lr", 2e-5))
+    """LM recovery rate: PruneConfig.lm.lr (2e-5, see LMOptions), not PruneConfig.lr (tuned on DINOv2)."""
+    return cfg.lm.lr

@@ -226,9 +226,9 @@ def _zscores(v: list[float]) -> list[float]:
 # --- planners ------------------------------------------------------------------
 
 def _uniform(ctx: StepContext) -> bool:
-    """Uniform-width mode (PruneConfig.extra["uniform"]): every kept block gets
+    """Uniform-width mode (PruneConfig.uniform): every kept block gets
     the same widths, so an LLM's stock config describes the result."""
-    return bool(ctx.cfg.extra.get("uniform", False))
+    return ctx.cfg.uniform
 
 
 def _select(scores: torch.Tensor, n: int) -> list[int]:
@@ -269,19 +269,19 @@ def plan_hei(ctx: StepContext, target: float) -> StepPlan:
     personalized and common, common blocks take most of the cut; inside a
     block, activation importance picks the units."""
     stats = ctx.stats("user")
-    variant = ctx.cfg.extra.get("hei_score", "loss")
+    variant = ctx.cfg.hei.score
     budget = Budget.of(ctx.loaded)
     frac = min(1.0, target / budget.total)
     score_fns = {"loss": lambda st, x: hei_loss_scores(ctx, st, frac), "cond": lambda st, x: hei_scores(st),
                  "pred": lambda st, x: hei_pred_scores(ctx, st, frac, x)}
     if variant not in score_fns:
-        raise BadInput(f"hei_score {variant!r} is not one of {', '.join(score_fns)}")
+        raise BadInput(f"--hei-score {variant!r} is not one of {', '.join(score_fns)}")
     score_fn = score_fns[variant]
     scores = score_fn(stats, ctx.calib_x)
     if ctx.generic_x is not None:  # contrast: what the unit adds for this user beyond generic data
         gen = score_fn(ctx.stats("generic"), ctx.generic_x)
         scores = [{k: s[k] - g[k] for k in s} for s, g in zip(scores, gen)]
-    beta = float(ctx.cfg.extra.get("hei_beta", 0.3))
+    beta = ctx.cfg.hei.beta
     za, zm = _zscores([s["attn"] for s in scores]), _zscores([s["mlp"] for s in scores])
     head_w = [math.exp(beta * z) for z in za]
     chan_w = [math.exp(beta * z) for z in zm]

@@ -54,8 +54,8 @@ def prune(model: Loaded | str, data: ImageData | str, config: PruneConfig | None
 
         return prune_lm(loaded, data, cfg, progress=progress, generic=generic)
     pp = loaded.meta.get("preprocessing") or loaded.adapter.preprocessing(loaded.model)
-    if cfg.extra.get("image_size"):
-        s = int(cfg.extra["image_size"])
+    if cfg.image_size:
+        s = cfg.image_size
         pp = {**pp, "input_size": [pp["input_size"][0], s, s]}
     loaded.meta["preprocessing"] = pp
     if not isinstance(data, ImageData):

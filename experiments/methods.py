@@ -40,13 +40,13 @@ SUBSETS = {  # Fashion-MNIST classes: two different "users"
 }
 GENERIC_PER_CLASS = 40
 METHODS = ("hei", "activation", "random", "magnitude", "taylor", "block-influence")
-SPEC_KEYS = {"beta": ("hei_beta", float), "score": ("hei_score", str)}
+SPEC_KEYS = {"beta": float, "score": str}  # fields of PruneConfig.hei (HeiOptions)
 
 
 def parse_spec(spec: str) -> tuple[str, dict, bool]:
-    """``name@k=v+k=v+generic`` -> (method, PruneConfig.extra, use generic data)."""
+    """``name@k=v+k=v+generic`` -> (method, HeiOptions fields, use generic data)."""
     name, _, opts = spec.partition("@")
-    extra, generic = {}, False
+    hei, generic = {}, False
     for opt in filter(None, opts.split("+")):
         if opt == "generic":
             generic = True
@@ -54,8 +54,16 @@ def parse_spec(spec: str) -> tuple[str, dict, bool]:
         k, eq, v = opt.partition("=")
         if not eq or k not in SPEC_KEYS:
             raise SystemExit(f"method spec {spec!r}: options are generic, {', '.join(k + '=V' for k in SPEC_KEYS)}")
-        extra[SPEC_KEYS[k][0]] = SPEC_KEYS[k][1](v)
-    return name, extra, generic
+        hei[k] = SPEC_KEYS[k](v)
+    if hei:
+        from pocketsize.compress.config import HeiOptions
+        from pocketsize.errors import BadInput
+
+        try:
+            HeiOptions(**hei)
+        except BadInput as e:
+            raise SystemExit(f"method spec {spec!r}: {e}") from None
+    return name, hei, generic
 
 
 def _user_folder(classes, per_class: int) -> Path:
@@ -137,10 +145,10 @@ def _prune_row(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     base = compress.PruneConfig(**job["base"])
     loaded, data = _personalized(job["subset"], job["seed"], job["per_class"], base, base.device, job.get("round"))
-    name, extra, use_generic = parse_spec(job["spec"])
+    name, hei, use_generic = parse_spec(job["spec"])
     generic = _generic(job["subset"], job["seed"], loaded.meta["preprocessing"]) if use_generic else None
     cfg = replace(base, method=name, ratio=job["ratio"], seed=job["seed"], buffer=job["buffer"],
-                  extra={**base.extra, **extra})
+                  hei=replace(base.hei, **hei))
     t = time.time()
     pruned = compress.prune(copy.deepcopy(loaded), data, cfg, generic=generic)
     r = pruned.report
@@ -384,7 +392,7 @@ def main(argv=None) -> int:
         return 0
     lm_base = {**base_d, **llm.BUDGET, "recovery_steps": args.llm_recovery_steps}
     if args.quick:  # minutes on 2 cores: short chunks make every forward pass 4x cheaper
-        lm_base.update(calib_samples=8, extra={"seq_len": 32, "lm_batch_size": 4})
+        lm_base.update(calib_samples=8, lm={**lm_base["lm"], "seq_len": 32, "batch_size": 4})
     jobs = [j for j in _jobs(args, base_d) + (_llm_jobs(args, lm_base) if args.task != "image" else [])
             if (j["subset"], j["seed"], j["spec"], j["ratio"], j["buffer"]) not in done]
     for c in {j["corpus"] for j in jobs if j.get("task") == "llm"}:  # the users' text, before any worker

@@ -84,6 +84,9 @@ def cache_len(model: nn.Module, config: ExportConfig, prompt_len: int) -> int:
 
     limit = max_positions(model)
     n = min(int(config.lm_cache_len), limit) if limit else int(config.lm_cache_len)
+    if n < int(config.lm_cache_len):
+        log.warning("lm_cache_len %d: using %d, the most positions the model supports (max_position_embeddings)",
+                    int(config.lm_cache_len), n)
     need = prompt_len + int(config.lm_new_tokens)
     if n < need:
         raise BadInput(f"the model has {limit} positions but the parity check needs {need} "

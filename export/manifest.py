@@ -139,6 +139,8 @@ class Manifest(Record):
         check_version(self.version, MANIFEST_VERSION, where, fix)
         if not isinstance(self.artifacts, list) or not self.artifacts:
             raise BadInput(f"{where} lists no artifacts; {fix}")
+        if self.task == "image-classification":
+            _check_input_size(self.preprocessing, self.inputs, where, fix)
         if self.task == "causal-lm":
             lm = self.llm if isinstance(self.llm, dict) else {}
             for k in ("cache_len", "vocab_size"):  # what bench needs to drive the decode loop
@@ -168,6 +170,19 @@ class Manifest(Record):
 
     def write(self, folder: str | Path) -> None:
         write_json(Path(folder) / MANIFEST, self.to_json())
+
+
+def _check_input_size(pp: Any, inputs: Any, where: str, fix: str) -> None:
+    """preprocessing.input_size must be the shape the artifacts were exported with
+    (inputs[0].shape without the batch): bench resizes --data to input_size, and a
+    runner fed other-sized images reads garbage and reports chance accuracy as ok."""
+    size = pp.get("input_size") if isinstance(pp, dict) else None
+    shape = inputs[0].get("shape") if isinstance(inputs, list) and inputs and isinstance(inputs[0], dict) else None
+    if size is None or not isinstance(shape, list) or len(shape) < 2:
+        return
+    if list(size) != list(shape[1:]):
+        raise BadInput(f"{where}: preprocessing.input_size {list(size)} does not match the input shape "
+                       f"{list(shape)} the artifacts were exported with (inputs[0].shape); {fix}")
 
 
 def _check_relative(p: Any, where: str, fix: str) -> None:

@@ -20,9 +20,21 @@ DEMO_CLASSES = (0, 1, 5, 9)       # T-shirt, Trouser, Sandal, Ankle boot
 DEMO_PER_CLASS = 200              # ~100 training images per class after the split
 
 
-def run(model: Any, data: str, out: str | Path, prune_config=None, to: tuple[str, ...] = ("executorch", "onnx"),
-        quantize: str = "none", device: str = "local", bench_config=None, progress=None) -> dict[str, Any]:
-    """compress -> export original + compressed -> bench both; returns summary.json's dict."""
+DEFAULT_TO = ("executorch", "onnx")
+
+
+def run(model: Any, data: str, out: str | Path, prune_config=None, to: tuple[str, ...] | str | None = None,
+        quantize: str | None = None, device: str = "local", bench_config=None, progress=None, *,
+        export_config=None, generic: str | None = None) -> dict[str, Any]:
+    """compress -> export original + compressed -> bench both; returns summary.json's dict.
+
+    export_config: an ExportConfig for both exports (its ``data`` defaults to ``data``).
+    Without one, ``to`` (default executorch,onnx) and ``quantize`` (default none) build
+    it; with one, they may only repeat what it says. generic: optional generic
+    reference data for compress (``pocketsize run --generic``).
+    """
+    import dataclasses
+
     from pocketsize import benchmarks
     from pocketsize import compress
     from pocketsize import export
@@ -31,14 +43,24 @@ def run(model: Any, data: str, out: str | Path, prune_config=None, to: tuple[str
     check_out_dir(out)
     # validate the cheap things before the expensive ones
     # the split travels as split.json: export writes it from pruned.data into each export folder
-    export_cfg_orig = export.ExportConfig(targets=tuple(to), quantize=quantize, data=data)
+    if export_config is None:
+        export_cfg_orig = export.ExportConfig(targets=tuple(to or DEFAULT_TO) if not isinstance(to, str) else to,
+                                              quantize=quantize or "none", data=data)
+    else:
+        given = export.ExportConfig(targets=to, quantize=export_config.quantize) if to is not None else None
+        if (given is not None and given.targets != export_config.targets) or \
+                (quantize is not None and quantize != export_config.quantize):
+            raise ValueError("pipeline.run: pass the formats and precision either as to=/quantize= or inside "
+                             "export_config, not both differently")
+        export_cfg_orig = export_config if export_config.data is not None else \
+            dataclasses.replace(export_config, data=data)
     bench_cfg = bench_config or benchmarks.BenchConfig()
     if isinstance(device, str):  # parse --device now (no connection): a typo must not cost a compress
         from pocketsize.benchmarks.devices import check_device_spec
 
         check_device_spec(device)
     log.info("stage 1/3: compress")
-    pruned = compress.prune(model, data, prune_config, progress=progress)
+    pruned = compress.prune(model, data, prune_config, progress=progress, generic=generic)
     with atomic_dir(out) as tmp:
         compress.write_outputs(pruned, tmp / "compress")
         (tmp / "export").mkdir()

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from pocketsize.compress.config import PruneConfig
+from pocketsize.compress.config import HeiOptions, PruneConfig
 from pocketsize.data import load_image_data
 from pocketsize.loading import Loaded
 from pocketsize.compress.methods import METHODS, get_method
@@ -158,9 +158,9 @@ def test_config_rejects_unknown_method_listing_valid():
 
 
 def test_config_roundtrips_through_json():
-    cfg = PruneConfig(ratio=0.35, method="magnitude", seed=7, buffer=False, extra={"hei_beta": 0.5})
+    cfg = PruneConfig(ratio=0.35, method="hei", seed=7, buffer=False, hei=HeiOptions(beta=0.5))
     d = json.loads(json.dumps(cfg.to_dict()))
-    assert d["version"] == 1
+    assert d["version"] == 2 and d["hei"] == {"beta": 0.5, "score": "loss"}
     assert PruneConfig.from_dict(d) == cfg
     with pytest.raises(BadInput, match="unknown PruneConfig keys"):
         PruneConfig.from_dict({**d, "bogus": 1})
@@ -201,7 +201,7 @@ def test_hei_score_variants_hit_the_ratio_and_contrast_with_generic(tiny_vit, da
 
     generic = _copy.deepcopy(data)
     generic.train.x = generic.train.x.flip(-1)
-    cfg = dataclasses.replace(FAST, extra={"hei_score": score, "hei_beta": 0.6})
+    cfg = dataclasses.replace(FAST, hei=HeiOptions(score=score, beta=0.6))
     for gen in (None, generic):
         res = prune(_loaded(tiny_vit), data, cfg, generic=gen)
         assert abs(res.report["params_ratio"] - 0.5) <= 0.01
@@ -209,8 +209,8 @@ def test_hei_score_variants_hit_the_ratio_and_contrast_with_generic(tiny_vit, da
 
 
 def test_unknown_hei_score_is_bad_input(tiny_vit, data):
-    with pytest.raises(BadInput, match="loss, cond, pred"):
-        _run(tiny_vit, data, extra={"hei_score": "vibes"})
+    with pytest.raises(BadInput, match="--hei-score 'vibes' is not one of loss, cond, pred"):
+        _run(tiny_vit, data, hei=HeiOptions(score="vibes"))
 
 
 @pytest.mark.parametrize("kind", ["timm", "hf-dinov2-cls"])

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pocketsize.compress.config import PruneConfig
+from pocketsize.compress.config import LMOptions, PruneConfig
 from pocketsize.loading import load, load_model, save_model_dir
 from pocketsize.compress.pruning import prune
 from pocketsize.text import load_text_data, perplexity, token_nll
@@ -36,9 +36,8 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def cfg(**kw) -> PruneConfig:
-    extra = {"seq_len": 64, "lm_batch_size": 4, **kw.pop("extra", {})}
-    base = dict(ratio=0.7, recovery_steps=2, steps=2, calib_samples=8)
-    return PruneConfig(**{**base, **kw}, extra=extra)
+    base = dict(ratio=0.7, recovery_steps=2, steps=2, calib_samples=8, lm=LMOptions(seq_len=64, batch_size=4))
+    return PruneConfig(**{**base, **kw})
 
 
 def _logits(loaded, ids):
@@ -143,7 +142,7 @@ def test_block_removal_keeps_kv_cache_working(corpus, kind):
 def test_prune_uniform_reloads_with_from_pretrained(corpus, kind, tmp_path):
     import transformers
 
-    p = prune(str(corpus / kind), str(corpus / "personal.txt"), cfg(extra={"uniform": True}))
+    p = prune(str(corpus / kind), str(corpus / "personal.txt"), cfg(uniform=True))
     r = p.report
     assert r["metric"] == "perplexity" and r["uniform"] is True
     assert abs(r["params_ratio"] - 0.7) <= 0.01
@@ -191,7 +190,7 @@ def test_hei_with_generic_reference_text(corpus, tmp_path):
 
 def test_block_influence_removes_layers(corpus, tmp_path):
     p = prune(str(corpus / "llama"), str(corpus / "personal.txt"), cfg(method="block-influence", ratio=0.5,
-                                                                          extra={"uniform": True}))
+                                                                          uniform=True))
     assert abs(p.report["params_ratio"] - 0.5) <= 0.01
     assert p.loaded.model.config.num_hidden_layers == len(p.loaded.meta["layers"])
     save_model_dir(p.loaded, tmp_path / "m")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pocketsize.compress.config import PruneConfig
+from pocketsize.compress.config import LMOptions, PruneConfig
 from pocketsize.loading import load_model, save_model_dir
 from pocketsize.compress.pruning import prune
 from pocketsize.text import load_text_data, perplexity
@@ -36,8 +36,8 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def prune_cfg(**kw) -> PruneConfig:
-    extra = {"seq_len": SEQ_LEN, "lm_batch_size": 4, **kw.pop("extra", {})}
-    return PruneConfig(**{**dict(ratio=0.7, recovery_steps=2, steps=2, calib_samples=8), **kw}, extra=extra)
+    base = dict(ratio=0.7, recovery_steps=2, steps=2, calib_samples=8, lm=LMOptions(seq_len=SEQ_LEN, batch_size=4))
+    return PruneConfig(**{**base, **kw})
 
 
 def export_cfg(**kw):

@@ -294,9 +294,10 @@ def planted():
     return loaded, x, stats
 
 
-def _ctx(planted, ratio: float = RATIO, **extra) -> StepContext:
+def _ctx(planted, ratio: float = RATIO, **hei) -> StepContext:
+    """``hei_beta=`` / ``hei_score=``: fields of PruneConfig.hei."""
     loaded, x, stats = planted
-    cfg = PruneConfig(ratio=ratio, calib_samples=48, extra=dict(extra))
+    cfg = PruneConfig(ratio=ratio, calib_samples=48, hei={k.removeprefix("hei_"): v for k, v in hei.items()})
     return StepContext(loaded, x, None, None, cfg, seed=0, _cache={"user": stats})
 
 

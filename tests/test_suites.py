@@ -39,7 +39,7 @@ def test_method_specs_parse_and_bad_specs_name_the_options():
     from experiments.methods import parse_spec
 
     assert parse_spec("hei") == ("hei", {}, False)
-    assert parse_spec("hei@beta=0.6+score=pred+generic") == ("hei", {"hei_beta": 0.6, "hei_score": "pred"}, True)
+    assert parse_spec("hei@beta=0.6+score=pred+generic") == ("hei", {"beta": 0.6, "score": "pred"}, True)
     with pytest.raises(SystemExit, match="beta=V"):
         parse_spec("hei@gamma=1")
 

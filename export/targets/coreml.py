@@ -137,11 +137,42 @@ def _export(job: Job, path: Path) -> dict[str, Any]:
         if job.quantize == "int8":
             ml, info["quantization"] = quantize_int8(ml)
         ml.save(str(path))
+        deterministic_package(path)
     except BadInput:
         raise
     except Exception as e:
         raise failure(BACKEND, e) from e
     return info
+
+
+PACKAGE_UUID_NAMESPACE = "pocketsize.mlpackage"
+
+
+def deterministic_package(path: Path) -> None:
+    """Make a saved .mlpackage byte-reproducible: coremltools names the package's items
+    (Manifest.json's itemInfoEntries keys and rootModelIdentifier) with random UUIDs, the
+    only bytes that differ between two saves of the same model. Each is replaced by a
+    UUID derived from the item's path (uuid5), so exporting the same model twice gives
+    the same files and the same sha256 in manifest.json. Everything else is untouched."""
+    import json
+    import uuid
+
+    manifest = path / "Manifest.json"
+    if not manifest.is_file():
+        return
+    doc = json.loads(manifest.read_text())
+    items = doc.get("itemInfoEntries")
+    if not isinstance(items, dict):
+        return
+    ns = uuid.uuid5(uuid.NAMESPACE_URL, PACKAGE_UUID_NAMESPACE)
+    rename = {old: str(uuid.uuid5(ns, str(entry.get("path") if isinstance(entry, dict) else old)))
+              for old, entry in items.items()}
+    if len(set(rename.values())) != len(rename):
+        return  # two items share a path: keep coremltools' names rather than merge them
+    doc["itemInfoEntries"] = {rename[k]: v for k, v in sorted(items.items(), key=lambda kv: rename[kv[0]])}
+    if doc.get("rootModelIdentifier") in rename:
+        doc["rootModelIdentifier"] = rename[doc["rootModelIdentifier"]]
+    manifest.write_text(json.dumps(doc, indent=4) + "\n")
 
 
 def structure_of(path: Path) -> dict[str, Any]:

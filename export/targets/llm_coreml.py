@@ -32,7 +32,8 @@ from typing import Any, Callable
 import torch
 
 from . import Verified, failure
-from .coreml import (BACKEND, NO_PREDICT_REASON, _can_predict, compute_precision, deployment_target, import_coremltools,
+from .coreml import (BACKEND, NO_PREDICT_REASON, _can_predict, compute_precision, deployment_target,
+                     deterministic_package, import_coremltools,
                      quantize_int8, quiet_coremltools)
 from .coreml import structure_of as image_structure
 
@@ -111,6 +112,7 @@ def _export(job: Any, path: Path) -> dict[str, Any]:
         if job.quantize == "int8":
             ml, info["quantization"] = quantize_int8(ml)
         ml.save(str(path))
+        deterministic_package(path)
     except Exception as e:
         raise failure(BACKEND, e) from e
     return info

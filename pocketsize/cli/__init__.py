@@ -42,6 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # first of all: a SIGTERM while the parser's imports load (seconds on a busy
+    # machine) is reported and unwound like one that arrives mid-run
+    previous = _catch_termination()
+    try:
+        return _main(argv)
+    except Terminated as e:  # SIGTERM/SIGHUP: unwound like Ctrl-C, so every finally block cleaned up
+        print(f"pocketsize: terminated by {e.name}; no output was written", file=sys.stderr)
+        return 128 + e.signum
+    finally:
+        _restore(previous)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -56,12 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     for ours in ("pocketsize",):
         logging.getLogger(ours).setLevel(level)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    previous = _catch_termination()
     try:
         return int(args.func(args) or 0)
-    except Terminated as e:  # SIGTERM/SIGHUP: unwound like Ctrl-C, so every finally block cleaned up
-        print(f"pocketsize: terminated by {e.name}; no output was written", file=sys.stderr)
-        return 128 + e.signum
+    except Terminated:
+        raise  # reported by main()
     except PocketsizeError as e:
         if args.debug:
             traceback.print_exc()
@@ -76,8 +87,6 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).splitlines()[0] if str(e) else ""
         print(f"pocketsize: error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
-    finally:
-        _restore(previous)
 
 
 class Terminated(KeyboardInterrupt):

@@ -14,45 +14,60 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Run every artifact of an export folder on a device; writes results.json and report.html.")
     p.add_argument("artifact_dir", metavar="ARTIFACT_DIR",
                    help="folder written by `pocketsize export` (or one holding original/ and compressed/)")
-    p.add_argument("--device", default="local",
-                   help="local, qemu-aarch64, ssh://user@host[:port], adb[:serial], ios[:udid] (default: local)")
     p.add_argument("--data", help="the user's data; the test entries of ARTIFACT_DIR's split.json are "
                                   "evaluated on the device (no split.json: all of it)")
     p.add_argument("--out", required=True, help="new output folder")
-    p.add_argument("--warmup", type=int, default=5, help="untimed runs after the first (default 5)")
-    p.add_argument("--iterations", type=int, default=30, help="minimum timed runs (default 30)")
-    p.add_argument("--min-duration", type=float, default=0.0, metavar="S",
-                   help="keep timing for at least S seconds (default 0)")
-    p.add_argument("--threads", type=int, default=1, help="runtime threads (default 1: steadiest numbers)")
-    p.add_argument("--timeout", type=float, default=600.0, metavar="S",
-                   help="per-artifact time limit; past it the run is marked failed (default 600)")
-    p.add_argument("--eval-samples", type=int, default=None, metavar="N",
-                   help="held-out samples to evaluate (default: all locally, 16 under emulation)")
-    p.add_argument("--formats", help="comma-separated subset of executorch,onnx,coreml")
-    add_lm_args(p)
+    add_bench_args(p)
     p.set_defaults(func=main)
     return p
 
 
-def add_lm_args(p: argparse.ArgumentParser) -> None:
-    """The generation shape of a language-model bench (shared with ``pocketsize run``)."""
+def add_bench_args(p: argparse.ArgumentParser, formats: bool = True) -> None:
+    """The bench stage's flags, declared once: `bench`, `run` and `demo` all call this.
+
+    Help texts show BenchConfig's own defaults. ``formats=False`` leaves out --formats
+    (`run`/`demo` bench exactly the formats they export with --to). --data and --out
+    belong to each command."""
     from pocketsize.benchmarks.config import BenchConfig
 
     d = BenchConfig()
+    p.add_argument("--device", default="local",
+                   help="benchmark device: local, qemu-aarch64, ssh://user@host[:port], adb[:serial], ios[:udid] "
+                        "(default: local)")
+    p.add_argument("--warmup", type=int, default=d.warmup, help=f"untimed runs after the first (default {d.warmup})")
+    p.add_argument("--iterations", type=int, default=d.iterations,
+                   help=f"minimum timed runs (default {d.iterations})")
+    p.add_argument("--min-duration", type=float, default=d.min_duration_s, metavar="S",
+                   help=f"keep timing for at least S seconds (default {d.min_duration_s:g})")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help=f"runtime threads (default {d.threads}: steadiest numbers)")
+    p.add_argument("--timeout", type=float, default=d.timeout_s, metavar="S",
+                   help=f"per-artifact time limit; past it the run is marked failed (default {d.timeout_s:g})")
+    p.add_argument("--eval-samples", type=int, default=d.eval_samples, metavar="N",
+                   help="held-out samples to evaluate (default: all locally, 16 under emulation)")
+    if formats:
+        p.add_argument("--formats", help="comma-separated subset of executorch,onnx,coreml")
     p.add_argument("--prompt-tokens", type=int, default=d.prompt_tokens, metavar="N",
                    help=f"language models: tokens prefilled per timed generation (default {d.prompt_tokens})")
     p.add_argument("--decode-tokens", type=int, default=d.decode_tokens, metavar="N",
                    help=f"language models: tokens decoded one at a time after it (default {d.decode_tokens})")
 
 
-def main(args: argparse.Namespace) -> int:
-    from pocketsize.benchmarks import BenchConfig, run
+def bench_config_from_args(args: argparse.Namespace):
+    """BenchConfig from the flags of :func:`add_bench_args` (validated: bad flags are exit 2)."""
+    from pocketsize.benchmarks import BenchConfig
 
-    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip()) if args.formats else None
-    config = BenchConfig(warmup=args.warmup, iterations=args.iterations, min_duration_s=args.min_duration,
-                         threads=args.threads, timeout_s=args.timeout, eval_samples=args.eval_samples,
-                         formats=formats, prompt_tokens=args.prompt_tokens,
-                         decode_tokens=args.decode_tokens)
+    fs = getattr(args, "formats", None)
+    formats = tuple(f.strip() for f in fs.split(",") if f.strip()) if fs else None
+    return BenchConfig(warmup=args.warmup, iterations=args.iterations, min_duration_s=args.min_duration,
+                       threads=args.threads, timeout_s=args.timeout, eval_samples=args.eval_samples,
+                       formats=formats, prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens)
+
+
+def main(args: argparse.Namespace) -> int:
+    from pocketsize.benchmarks import run
+
+    config = bench_config_from_args(args)
     doc = run(args.artifact_dir, device=args.device, config=config, data=args.data, out_dir=args.out)
     for r in doc["results"]:
         st = r["latency_ms"]

@@ -23,16 +23,34 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+def _defaults(cls) -> dict:
+    """A config dataclass's field defaults, without constructing (and validating) one."""
+    import dataclasses
+
+    return {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+            for f in dataclasses.fields(cls)}
+
+
 def add_prune_args(p: argparse.ArgumentParser, methods) -> None:
-    """Flags shared by `compress` and `run`."""
-    p.add_argument("--ratio", type=float, default=0.5, help="fraction of parameters to keep, in (0, 1] (default 0.5)")
-    p.add_argument("--method", default="hei", help=f"one of {', '.join(methods)} (default hei)")
-    p.add_argument("--seed", type=int, default=0, help="seed for sampling, splits and recovery (default 0)")
+    """The compress stage's flags, declared once: `compress`, `run` and `demo` all call this.
+
+    Help texts show PruneConfig's own defaults."""
+    from pocketsize.compress.config import HEI_SCORES, PruneConfig
+
+    d = _defaults(PruneConfig)
+    p.add_argument("--ratio", type=float, default=d["ratio"],
+                   help=f"fraction of parameters to keep, in (0, 1] (default {d['ratio']})")
+    p.add_argument("--method", default=d["method"], help=f"one of {', '.join(methods)} (default {d['method']})")
+    p.add_argument("--seed", type=int, default=d["seed"],
+                   help=f"seed for sampling, splits and recovery (default {d['seed']})")
     p.add_argument("--no-buffer", action="store_true",
                    help="one-shot pruning instead of step buffering (same total recovery budget)")
-    p.add_argument("--steps", type=int, default=None, help="pruning steps when buffering (default 3)")
-    p.add_argument("--recovery-steps", type=int, default=None, help="total recovery optimizer steps (default 60)")
-    p.add_argument("--lr", type=float, default=None, help="backbone learning rate during recovery (default 1e-6)")
+    p.add_argument("--steps", type=int, default=None, help=f"pruning steps when buffering (default {d['steps']})")
+    p.add_argument("--recovery-steps", type=int, default=None,
+                   help=f"total recovery optimizer steps (default {d['recovery_steps']})")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"backbone learning rate during recovery (default {d['lr']:g}; language models "
+                        f"ignore it and recover at LMOptions.lr {d['lm'].lr:g})")
     p.add_argument("--no-refit-head", action="store_true",
                    help="do not re-fit the linear head on the pruned features after each step")
     p.add_argument("--image-size", type=int, default=None, help="input resolution (default: the model's)")
@@ -40,38 +58,57 @@ def add_prune_args(p: argparse.ArgumentParser, methods) -> None:
                    help="optional generic reference data for the personal/common contrast")
     p.add_argument("--uniform", action="store_true",
                    help="same widths in every layer (LLMs: the output then also loads with plain from_pretrained)")
+    p.add_argument("--hei-beta", type=float, default=None, metavar="B",
+                   help=f"--method hei: how strongly entropy-increase scores tilt the per-block cut "
+                        f"(default {d['hei'].beta})")
+    p.add_argument("--hei-score", default=None, metavar="NAME",
+                   help=f"--method hei: entropy-increase estimator, one of {', '.join(HEI_SCORES)} "
+                        f"(default {d['hei'].score})")
     p.add_argument("--plan", default=None, metavar="PLAN.json",
                    help="apply the per-block allocation recorded in another run's plan.json (same MODEL); "
                         "this user's data still picks which heads and channels fill it")
-    p.add_argument("--torch-device", default="cpu", metavar="DEV",
-                   help="where scoring and recovery run: cpu, cuda, cuda:N, mps or auto (default cpu); "
+    p.add_argument("--torch-device", default=d["device"], metavar="DEV",
+                   help=f"where scoring and recovery run: cpu, cuda, cuda:N, mps or auto (default {d['device']}); "
                         "the output is the same model on the CPU")
 
 
 def config_from_args(args: argparse.Namespace):
-    from pocketsize.compress.config import PruneConfig
+    from pocketsize.compress.config import HeiOptions, PruneConfig
+    from pocketsize.errors import BadInput
 
     kw = {"ratio": args.ratio, "method": args.method, "seed": args.seed, "buffer": not args.no_buffer}
     if args.steps is not None:
         kw["steps"] = args.steps
     if args.recovery_steps is not None:
         kw["recovery_steps"] = args.recovery_steps
-    if getattr(args, "lr", None) is not None:
+    if args.lr is not None:
         kw["lr"] = args.lr
-    if getattr(args, "no_refit_head", False):
+    if args.no_refit_head:
         kw["refit_head"] = False
-    if getattr(args, "torch_device", None):
+    if args.torch_device:
         kw["device"] = args.torch_device
-    if getattr(args, "plan", None):
+    if args.plan:
         from pocketsize.compress.transplant import Allocation
 
         kw["allocation"] = Allocation.load(args.plan).to_dict()
-    extra = {}
     if args.image_size is not None:  # 0 or negative: PruneConfig says so (exit 2), never silently the default
-        extra["image_size"] = args.image_size
-    if getattr(args, "uniform", False):
-        extra["uniform"] = True
-    return PruneConfig(**kw, extra=extra)
+        kw["image_size"] = args.image_size
+    kw["uniform"] = bool(args.uniform)
+    hei = {k: v for k, v in (("beta", args.hei_beta), ("score", args.hei_score)) if v is not None}
+    if hei:
+        if args.method != "hei":
+            given = " and ".join(f"--hei-{k}" for k in hei)
+            raise BadInput(f"{given} only apply to --method hei (this run uses --method {args.method})")
+        kw["hei"] = HeiOptions(**hei)
+    return PruneConfig(**kw)
+
+
+def check_generic(args: argparse.Namespace) -> None:
+    if args.generic is not None and not Path(args.generic).exists():
+        from pocketsize.errors import BadInput
+
+        raise BadInput(f"--generic {args.generic} does not exist; pass the generic reference data "
+                       "(same layout as --data) or leave --generic out")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -82,11 +119,7 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)  # validate flags before any heavy work
     check_out_dir(args.out)
-    if args.generic is not None and not Path(args.generic).exists():
-        from pocketsize.errors import BadInput
-
-        raise BadInput(f"--generic {args.generic} does not exist; pass the generic reference data "
-                       "(same layout as --data) or leave --generic out")
+    check_generic(args)
     bars = StageBars()
     try:
         pruned = prune(args.model, args.data, cfg, progress=bars, generic=args.generic)

@@ -20,29 +20,54 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("model_dir", metavar="MODEL_DIR",
                    help="DIR/model written by pocketsize compress, a save_pretrained / save_for_hf folder, "
                         "or a timm:/hf:/zoo: name")
-    p.add_argument("--to", required=True, metavar="TARGETS",
-                   help=f"comma-separated formats: {','.join(target_names())}")
-    p.add_argument("--quantize", default="none", choices=["none", "int8"], help="precision (default: none)")
     p.add_argument("--data", default=None,
                    help="your data: parity on the test files of MODEL_DIR/split.json, int8 calibration on "
                         "its train files (no split.json: all of it is held out)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (must not exist or be empty)")
-    p.add_argument("--parity-samples", type=int, default=64, help="inputs each artifact is checked on")
-    p.add_argument("--calib-samples", type=int, default=32, help="training images for static int8 calibration")
-    p.add_argument("--coreml-target", default="iOS17",
-                   help="Core ML minimum deployment target (default iOS17; language models need and get iOS18)")
-    p.add_argument("--no-xnnpack-rewrites", action="store_true",
-                   help="export LayerNorm/attention as-is for ExecuTorch (less of the graph runs on XNNPACK)")
+    add_export_args(p)
     p.set_defaults(func=handle, handler=handle)
     return p
 
 
-def handle(args: argparse.Namespace) -> int:
-    from pocketsize.export import ExportConfig, export
+def add_export_args(p: argparse.ArgumentParser, default_to: str | None = None) -> None:
+    """The export stage's flags, declared once: `export`, `run` and `demo` all call this.
 
-    config = ExportConfig(targets=args.to, quantize=args.quantize, data=args.data,
-                          parity_samples=args.parity_samples, calib_samples=args.calib_samples,
-                          coreml_target=args.coreml_target, xnnpack_rewrites=not args.no_xnnpack_rewrites)
+    ``default_to`` None makes --to required (`export`). Help texts show ExportConfig's own
+    defaults. --data and --out belong to each command."""
+    from pocketsize.export.config import QUANTIZE, ExportConfig
+
+    d = ExportConfig()
+    if default_to is None:
+        p.add_argument("--to", required=True, metavar="TARGETS",
+                       help=f"comma-separated formats: {','.join(target_names())}")
+    else:
+        p.add_argument("--to", default=default_to, metavar="TARGETS",
+                       help=f"comma-separated export formats: {','.join(target_names())} (default {default_to})")
+    p.add_argument("--quantize", default=d.quantize, choices=list(QUANTIZE), help=f"precision (default {d.quantize})")
+    p.add_argument("--parity-samples", type=int, default=d.parity_samples, metavar="N",
+                   help=f"inputs each artifact is checked on (default {d.parity_samples})")
+    p.add_argument("--calib-samples", type=int, default=d.calib_samples, metavar="N",
+                   help=f"training images for static int8 calibration (default {d.calib_samples})")
+    p.add_argument("--coreml-target", default=d.coreml_target,
+                   help=f"Core ML minimum deployment target (default {d.coreml_target}; "
+                        "language models need and get iOS18)")
+    p.add_argument("--no-xnnpack-rewrites", action="store_true",
+                   help="export LayerNorm/attention as-is for ExecuTorch (less of the graph runs on XNNPACK)")
+
+
+def export_config_from_args(args: argparse.Namespace, data: str | None = None):
+    """ExportConfig from the flags of :func:`add_export_args` (validated: bad flags are exit 2)."""
+    from pocketsize.export import ExportConfig
+
+    return ExportConfig(targets=args.to, quantize=args.quantize, data=data,
+                        parity_samples=args.parity_samples, calib_samples=args.calib_samples,
+                        coreml_target=args.coreml_target, xnnpack_rewrites=not args.no_xnnpack_rewrites)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from pocketsize.export import export
+
+    config = export_config_from_args(args, data=args.data)
     manifest = export(args.model_dir, args.out, config)
     summary = {"out": str(args.out), "artifacts": [
         {"format": a["format"], "path": a["path"], "bytes": a["bytes"], "status": a["status"],

@@ -7,14 +7,14 @@ flags and prints.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from pocketsize.errors import BadInput
 from pocketsize.io import check_out_dir
-from pocketsize.pipeline import DEMO_CLASSES, DEMO_MODEL, demo_data, run
+from pocketsize.pipeline import DEFAULT_TO, DEMO_CLASSES, DEMO_MODEL, demo_data, run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,28 +27,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="image folder (one subfolder per class) or .txt file/folder")
     p.add_argument("--out", required=True, help="new output folder")
     add_prune_args(p, METHODS)
-    _add_run_args(p)
+    _add_run_args(p, default_to=",".join(DEFAULT_TO))
     p.set_defaults(func=run_main)
 
     d = sub.add_parser("demo", help="the whole job on the embedded default (DINOv2-S on a Fashion-MNIST subset)",
-                       description=f"pocketsize run {DEMO_MODEL} on a 4-class Fashion-MNIST subset, ratio 0.5.")
+                       description=f"pocketsize run {DEMO_MODEL} on a 4-class Fashion-MNIST subset; "
+                                   "every compress, export and bench flag of `run` applies.")
     d.add_argument("--out", default="pocketsize-demo", help="new output folder (default ./pocketsize-demo)")
-    d.add_argument("--ratio", type=float, default=0.5, help="fraction of parameters to keep (default 0.5)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--recovery-steps", type=int, default=None, help="total recovery steps (default: compress's)")
+    add_prune_args(d, METHODS)
     _add_run_args(d, default_to="executorch,onnx,coreml")
     d.set_defaults(func=demo_main)
 
 
-def _add_run_args(p: argparse.ArgumentParser, default_to: str = "executorch,onnx") -> None:
-    p.add_argument("--to", default=default_to, help=f"export formats (default {default_to})")
-    p.add_argument("--quantize", default="none", choices=["none", "int8"], help="artifact precision (default none)")
-    p.add_argument("--device", default="local", help="benchmark device (default local)")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--iterations", type=int, default=30)
-    from pocketsize.cli.bench import add_lm_args
+def _add_run_args(p: argparse.ArgumentParser, default_to: str) -> None:
+    """Export and bench flags, each declared once next to its stage's own command."""
+    from pocketsize.cli.bench import add_bench_args
+    from pocketsize.cli.export import add_export_args
 
-    add_lm_args(p)
+    add_export_args(p, default_to=default_to)
+    add_bench_args(p, formats=False)  # run benches exactly the --to formats
 
 
 def _num(v: Any) -> str:
@@ -77,21 +74,17 @@ def print_table(summary: dict[str, Any], results: dict[str, Any], out: Path) -> 
     print(f"artifacts: {out}/export   report: {out}/bench/report.html   summary: {out}/summary.json", file=sys.stderr)
 
 
-def _bench_cfg(args):
-    from pocketsize import benchmarks
+def _stage_configs(args: argparse.Namespace, data: str | None):
+    """Every stage's config from the flags, all validated before any heavy work."""
+    from pocketsize.cli.bench import bench_config_from_args
+    from pocketsize.cli.compress import check_generic, config_from_args
+    from pocketsize.cli.export import export_config_from_args
 
-    return benchmarks.BenchConfig(warmup=args.warmup, iterations=args.iterations,
-                                  prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens)
-
-
-def _targets(s: str) -> tuple[str, ...]:
-    from pocketsize.export import target_names
-
-    to = tuple(t.strip() for t in s.split(",") if t.strip())
-    bad = [t for t in to if t not in target_names()]
-    if bad or not to:
-        raise BadInput(f"--to {s!r}: unknown format(s) {bad}; valid: {', '.join(target_names())}")
-    return to
+    cfg = config_from_args(args)
+    export_cfg = export_config_from_args(args, data=data)
+    bench_cfg = bench_config_from_args(args)
+    check_generic(args)
+    return cfg, export_cfg, bench_cfg
 
 
 def _finish(summary: dict[str, Any], out: Path) -> int:
@@ -109,37 +102,31 @@ def _finish(summary: dict[str, Any], out: Path) -> int:
 
 
 def run_main(args: argparse.Namespace) -> int:
-    from pocketsize.cli.compress import config_from_args
-
     from pocketsize.progress import StageBars
 
-    cfg = config_from_args(args)
-    to = _targets(args.to)
+    cfg, export_cfg, bench_cfg = _stage_configs(args, args.data)
     bars = StageBars()
     try:
-        summary = run(args.model, args.data, args.out, cfg, to, args.quantize, args.device, _bench_cfg(args), bars)
+        summary = run(args.model, args.data, args.out, cfg, device=args.device, bench_config=bench_cfg,
+                      progress=bars, export_config=export_cfg, generic=args.generic)
     finally:
         bars.close()
     return _finish(summary, Path(args.out))
 
 
 def demo_main(args: argparse.Namespace) -> int:
-    from pocketsize.compress.config import PruneConfig
-
     from pocketsize.progress import StageBars
 
-    to = _targets(args.to)
-    kw = {"ratio": args.ratio, "seed": args.seed}
-    if args.recovery_steps is not None:
-        kw["recovery_steps"] = args.recovery_steps
-    cfg = PruneConfig(**kw)
+    cfg, export_cfg, bench_cfg = _stage_configs(args, None)
     check_out_dir(args.out)
     data = demo_data()
-    print(f"demo: {DEMO_MODEL} personalized to {data} ({len(DEMO_CLASSES)} classes), keep {args.ratio:.0%} "
-          f"of parameters, export {','.join(to)}, bench on {args.device}", file=sys.stderr)
+    export_cfg = dataclasses.replace(export_cfg, data=str(data))
+    print(f"demo: {DEMO_MODEL} personalized to {data} ({len(DEMO_CLASSES)} classes), keep {cfg.ratio:.0%} "
+          f"of parameters, export {','.join(export_cfg.targets)}, bench on {args.device}", file=sys.stderr)
     bars = StageBars()
     try:
-        summary = run(DEMO_MODEL, str(data), args.out, cfg, to, args.quantize, args.device, _bench_cfg(args), bars)
+        summary = run(DEMO_MODEL, str(data), args.out, cfg, device=args.device, bench_config=bench_cfg,
+                      progress=bars, export_config=export_cfg, generic=args.generic)
     finally:
         bars.close()
     return _finish(summary, Path(args.out))
