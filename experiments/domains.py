@@ -10,9 +10,6 @@ domains should get clearly different plans; two seeds of one user should not.
 
 from __future__ import annotations
 
-import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -60,29 +57,13 @@ SOURCES: dict[str, Callable] = {"clothing": _clothing, "digits": _digits, "faces
 
 def user_folder(user: User, per_class: int, root: Path, seed: int = 0) -> Path:
     """An ImageFolder of up to ``per_class`` images of each of the user's classes, built once."""
-    from PIL import Image
+    from pocketsize.datasets import write_image_subset
 
     out = root / f"{user.domain}-{''.join(map(str, user.classes))}-{per_class}"
     if out.exists() and any(out.iterdir()):
         return out  # data sets are immutable inputs
     images, labels = SOURCES[user.domain]()
-    rng = random.Random(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".user-"))
-    try:
-        for c in user.classes:
-            idx = [i for i, y in enumerate(labels) if int(y) == c]
-            rng.shuffle(idx)
-            d = tmp / f"class_{c}"
-            d.mkdir()
-            for i in idx[:per_class]:
-                Image.fromarray(images[i]).save(d / f"{i:05d}.png")
-        if out.exists():
-            out.rmdir()
-        shutil.move(str(tmp), str(out))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return write_image_subset(out, images, labels, user.classes, per_class, seed)
 
 
 def donors(users: Sequence[str], who: str) -> list[str]:

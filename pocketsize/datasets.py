@@ -39,23 +39,31 @@ def fashion_mnist(split: str = "train"):
 def make_fashion_subset(out: str | Path, classes: Sequence[int] = (0, 1, 5, 9), per_class: int = 200,
                         seed: int = 0, split: str = "train") -> Path:
     """Write an ImageFolder of ``per_class`` PNGs for each of ``classes`` (atomically)."""
-    from PIL import Image
-
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         return out  # already built: data sets are immutable inputs
     images, labels = fashion_mnist(split)
+    return write_image_subset(out, images, labels, classes, per_class, seed,
+                              folder=lambda c: f"{c}_{FASHION_LABELS[c]}")
+
+
+def write_image_subset(out: Path, images, labels, classes: Sequence[int], per_class: int, seed: int,
+                       folder=lambda c: f"class_{c}") -> Path:
+    """An ImageFolder of up to ``per_class`` seeded-random images of each class,
+    written in a temporary sibling and renamed at the end (never half-written)."""
+    from PIL import Image
+
     rng = random.Random(seed)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=".fashion-"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     try:
         for c in classes:
-            idx = [i for i, y in enumerate(labels) if y == c]
+            idx = [i for i, y in enumerate(labels) if int(y) == c]
             rng.shuffle(idx)
-            d = tmp / f"{c}_{FASHION_LABELS[c]}"
+            d = tmp / folder(c)
             d.mkdir()
             for i in idx[:per_class]:
                 Image.fromarray(images[i]).save(d / f"{i:05d}.png")
-        out.parent.mkdir(parents=True, exist_ok=True)
         if out.exists():
             out.rmdir()
         shutil.move(str(tmp), str(out))
