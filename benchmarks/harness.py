@@ -6,8 +6,9 @@ import logging
 import platform
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from pocketsize.errors import BadInput
 from pocketsize.io import atomic_dir, read_json
@@ -91,9 +92,6 @@ def prepare_eval(data: Any, manifest: dict, config: BenchConfig, device: Device,
     entries, after checking --data still matches it (see :func:`recorded_images`)."""
     if data is None:
         return None
-    task = manifest.get("task", "image-classification")
-    if task != "image-classification":
-        return None  # perplexity on device: issue 5; results keep "perplexity": None
     if isinstance(data, (str, Path)):
         data = recorded_images(data, manifest.get("preprocessing") or {}, split_path)
     labels_m, labels_d = manifest.get("labels"), getattr(data, "labels", None)
@@ -190,23 +188,17 @@ def fill_result(res: dict, out: RunOutput, ev: EvalSet | None, config: BenchConf
 
 
 def measure(device: Device, job: Job, res: dict, ev: EvalSet | None, work: Path, config: BenchConfig,
-            lm: dict | None = None) -> None:
+            task: BenchTask | None = None, manifest: Manifest | None = None) -> None:
     """One artifact on the device; every expected failure becomes status failed + error.
 
-    ``lm``: the manifest's ``llm`` section when the artifact is a causal LM."""
+    ``task``: what the artifact's task runs and records (images when None)."""
     t0 = time.monotonic()
-    reason = lm_unsupported_reason(device, job.format) if lm else device.unsupported_reason(job.format)
+    task = task or bench_task("image-classification")
+    reason = task.unsupported(device, job.format)
     try:
         if reason:
             raise Unsupported(reason)
-        if lm:
-            res.update({k: None for k in LM_KEYS})
-            out = run_lm(device, job, work, lm, ev, config)
-            fill_result(res, out, None, config, device.emulated)
-            fill_lm(res, work / "out", out, ev, config)
-        else:
-            out = device.run(job, work)
-            fill_result(res, out, ev, config, device.emulated)
+        task.run(device, job, res, ev, work, config, manifest)
     except Unsupported as e:
         # status stays within the contract's ok|failed; "unsupported" says it was never tried
         res.update(status="failed", error=f"unsupported: {e}", unsupported=True)
@@ -260,13 +252,9 @@ def _run(sets, dev: Device, config: BenchConfig, data: Any, out: Path, write: bo
     with tempfile.TemporaryDirectory(prefix="pocketsize-bench-work-") as scratch_s, dev:
         scratch = Path(scratch_s)
         for variant, folder, manifest in sets:
-            lm = manifest.llm if manifest.task == "causal-lm" else None
-            if lm:
-                ev = prepare_lm_eval(data, manifest, folder, config, dev, scratch, split_for(folder, sets))
-                shape = (1, lm_token_counts(config, int(lm["cache_len"]))[0])
-            else:
-                ev = prepare_eval(data, manifest, config, dev, scratch, split_for(folder, sets))
-                shape = input_shape(manifest)
+            task = bench_task(manifest.task)
+            ev = task.prepare(data, manifest, folder, config, dev, scratch, split_for(folder, sets))
+            shape = task.shape(manifest, config)
             for i, art in enumerate(manifest.artifacts):
                 fmt = art.format
                 if config.formats is not None and fmt not in config.formats:
@@ -278,7 +266,7 @@ def _run(sets, dev: Device, config: BenchConfig, data: Any, out: Path, write: bo
                     continue
                 if not checked_artifact(art, folder, res):
                     continue
-                if not lm and not matching_input(folder / art.path, fmt, shape, res):
+                if task.checks_input and not matching_input(folder / art.path, fmt, shape, res):
                     continue
                 job = Job(artifact=(folder / art.path).resolve(), format=fmt, input_shape=shape,
                           warmup=config.warmup, iterations=config.iterations,
@@ -288,7 +276,7 @@ def _run(sets, dev: Device, config: BenchConfig, data: Any, out: Path, write: bo
                 work = scratch / f"{variant}-{i}-{fmt}"
                 work.mkdir()
                 log.info("bench %s %s on %s", variant, fmt, dev.spec)
-                measure(dev, job, res, ev, work, config, lm)
+                measure(dev, job, res, ev, work, config, task, manifest)
                 if write:  # incremental: a later crash of the harness loses nothing measured
                     _write(doc, out)
     doc["seconds"] = round(time.time() - started, 3)
@@ -500,6 +488,52 @@ def fill_lm(res: dict, out_dir: Path, out: RunOutput, ev: EvalSet | None, config
         res["perplexity"] = math.exp(nll / count) if count else None
         res["eval_samples"] = ev.count
         res["eval_tokens"] = int(count)
+
+
+def _run_image(device: Device, job: Job, res: dict, ev: EvalSet | None, work: Path, config: BenchConfig,
+               manifest: Manifest | None) -> None:
+    fill_result(res, device.run(job, work), ev, config, device.emulated)
+
+
+def _run_causal_lm(device: Device, job: Job, res: dict, ev: EvalSet | None, work: Path, config: BenchConfig,
+                   manifest: Manifest | None) -> None:
+    res.update({k: None for k in LM_KEYS})
+    out = run_lm(device, job, work, manifest.llm, ev, config)
+    fill_result(res, out, None, config, device.emulated)
+    fill_lm(res, work / "out", out, ev, config)
+
+
+# --- the task axis ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BenchTask:
+    """What differs between tasks on a device; ``run`` keeps one loop for all."""
+    prepare: Callable[..., EvalSet | None]  # (data, manifest, folder, config, device, scratch, split.json)
+    shape: Callable[[Manifest, BenchConfig], tuple[int, ...]]  # the timed input
+    unsupported: Callable[[Device, str], str | None]  # why a format cannot run on a device, or None
+    run: Callable[..., None]  # (device, job, res, ev, work, config, manifest): measure and fill res
+    checks_input: bool  # the artifact's own input shape must match the manifest's
+
+
+BENCH_TASKS = {
+    "image-classification": BenchTask(
+        prepare=lambda data, m, folder, config, dev, scratch, split: prepare_eval(data, m, config, dev, scratch,
+                                                                                  split),
+        shape=lambda m, config: input_shape(m),
+        unsupported=lambda dev, fmt: dev.unsupported_reason(fmt),
+        run=_run_image, checks_input=True),
+    "causal-lm": BenchTask(
+        prepare=prepare_lm_eval,
+        shape=lambda m, config: (1, lm_token_counts(config, int(m.llm["cache_len"]))[0]),
+        unsupported=lm_unsupported_reason,
+        run=_run_causal_lm, checks_input=False),
+}
+
+
+def bench_task(name: str) -> BenchTask:
+    if name not in BENCH_TASKS:
+        raise BadInput(f"manifest.json records a {name!r} model; pocketsize bench handles {', '.join(BENCH_TASKS)}")
+    return BENCH_TASKS[name]
 
 
 def _size(path: Path) -> int | None:

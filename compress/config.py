@@ -9,7 +9,7 @@ from typing import Any
 
 from pocketsize.errors import BadInput
 
-CONFIG_VERSION = 2  # 2: the free-form ``extra`` dict became image_size, uniform, hei and lm
+CONFIG_VERSION = 3  # 2: the free-form ``extra`` dict became image_size, uniform, hei and lm; 3: hei.beta "auto", hei.betas
 
 HEI_SCORES = ("loss", "cond", "pred")
 
@@ -43,18 +43,30 @@ class HeiOptions:
     beta: how strongly the entropy-increase z-scores tilt the per-block cut
         (weights exp(beta * z)); 0 spreads it by activation importance alone, a
         negative beta reverses it (cuts the personalized blocks hardest; the
-        direction guards of tests/test_method_guards.py use that).
+        direction guards of tests/test_method_guards.py use that). ``"auto"``:
+        every pruning step tries each of ``betas`` and keeps the plan whose cut
+        (after the head re-fit) harms this user's validation split least, so
+        the tilt is never kept where it costs this user accuracy.
+    betas: the strengths ``"auto"`` chooses from; ties go to the first.
     score: the entropy-increase estimator: ``loss``, ``cond`` or ``pred``.
     """
 
-    beta: float = 0.3
+    beta: float | str = 0.3
+    betas: tuple[float, ...] = (0.3, 0.0, 1.0)
     score: str = "loss"
 
     def __post_init__(self) -> None:
-        if not _number(self.beta):
-            raise BadInput(f"--hei-beta {self.beta!r}: pass a finite number (default {HeiOptions.beta})")
+        if not (_number(self.beta) or self.beta == "auto"):
+            raise BadInput(f"--hei-beta {self.beta!r}: pass a finite number or auto (default {HeiOptions.beta})")
+        object.__setattr__(self, "betas", tuple(self.betas) if isinstance(self.betas, (list, tuple)) else self.betas)
+        if not isinstance(self.betas, tuple) or not self.betas or not all(_number(b) for b in self.betas):
+            raise BadInput(f"PruneConfig(hei.betas={self.betas!r}): pass a non-empty list of finite numbers")
         if self.score not in HEI_SCORES:
             raise BadInput(f"--hei-score {self.score!r} is not one of {', '.join(HEI_SCORES)}")
+
+    @property
+    def auto(self) -> bool:
+        return self.beta == "auto"
 
     @classmethod
     def from_dict(cls, d: Any) -> "HeiOptions":

@@ -1,31 +1,21 @@
-"""The compress verb for causal language models.
-
-The same flow as ``pocketsize.compress.pruning.prune`` (methods registry, allocation,
-step buffering with an undo guard, recovery, ratio check) with the user's
-text instead of labelled images: calibration samples random token chunks,
-the metric is held-out perplexity, recovery is LM loss plus KL distillation
-from the unpruned model, and the guard judges the rise in validation NLL.
-"""
+"""The causal-lm task of the compress flow (``pocketsize.compress.pruning.prune``):
+the user's text, perplexity, LM recovery with distillation."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import math
-import time
 
 import torch
 
-from pocketsize.errors import BadInput, TargetNotMet
-
-from .allocate import Budget, min_reachable
-from .config import PruneConfig
+from pocketsize.errors import BadInput
 from pocketsize.loading import Loaded
-from .plan import count_params
-from .steps import RATIO_TOLERANCE, Progress, Pruned, StepTask, Stepped, _plan_json, buffered_steps, count_macs
-from .steps import load_generic
 from pocketsize.text import TextData, TextSplit, load_text_data, perplexity, token_nll
+
+from .config import PruneConfig
+from .steps import Progress, StepTask, load_generic
+from .tasks import CompressTask
 from .train import distill_kl, run_steps
 
 log = logging.getLogger(__name__)
@@ -58,23 +48,6 @@ def recover_lm(student: Loaded, teacher: Loaded | None, train: TextSplit, steps:
                      progress=progress, stage=stage)
 
 
-def _check_reachable(loaded: Loaded, cfg: PruneConfig, params_before: int) -> None:
-    """Bad input (the issue's "ratio that would remove every head of a layer"),
-    found before any scoring or training."""
-    removal = cfg.method == "block-influence" and cfg.allow_block_removal
-    floor = min_reachable(Budget.of(loaded), cfg.min_heads, cfg.channel_multiple, block_removal=removal)
-    floor /= params_before
-    if cfg.ratio < floor - RATIO_TOLERANCE:
-        use = f"use --ratio {math.ceil(floor * 100) / 100:.2f} or more"
-        if removal:
-            raise BadInput(f"--ratio {cfg.ratio} is below what removing layers can reach: one layer left still "
-                           f"keeps {floor:.3f} of the parameters (embeddings included); {use}")
-        least = f"{cfg.min_heads} KV group(s)" if cfg.min_heads == 1 or not cfg.uniform else "every head"
-        raise BadInput(f"--ratio {cfg.ratio} would remove every attention head of some layers: keeping {least} and "
-                       f"{cfg.channel_multiple} MLP channels per layer still leaves {floor:.3f} of the parameters; "
-                       f"{use}, or --method block-influence")
-
-
 def _run_config(loaded: Loaded, cfg: PruneConfig) -> PruneConfig:
     """GPT-2 in uniform mode keeps every head: its config derives head_dim
     from the head count, so fewer heads could not be described by it."""
@@ -85,96 +58,77 @@ def _run_config(loaded: Loaded, cfg: PruneConfig) -> PruneConfig:
     return cfg
 
 
-def prune_lm(loaded: Loaded, data: TextData | str, cfg: PruneConfig, progress: Progress | None = None,
-             generic: TextData | str | None = None) -> Pruned:
-    """Prune a causal LM for the user's text to ``cfg.ratio`` of its parameters."""
-    t0 = time.time()
-    if cfg.method == "taylor":
-        raise BadInput("--method taylor is not available for language models; use hei, activation, magnitude, "
-                       "random or block-influence")
-    if loaded.tokenizer is None and not isinstance(data, TextData):
-        raise BadInput(f"{loaded.meta.get('source', 'MODEL')} has no tokenizer; save it next to the model with "
-                       "tokenizer.save_pretrained(MODEL_DIR)")
-    seq_len = cfg.lm.seq_len
-    if not isinstance(data, TextData):
-        data = load_text_data(data, loaded.tokenizer, seed=cfg.seed, seq_len=seq_len)
-    if isinstance(generic, str):
-        generic = load_generic(load_text_data, generic, loaded.tokenizer, seed=cfg.seed, seq_len=data.seq_len)
-    run_cfg = _run_config(loaded, cfg)
-    ad = loaded.adapter
-    original = loaded  # the caller's model: left stock and unpruned (steps work on copies)
-    ad.to_linear(loaded.model)
-    teacher = None
-    try:
+class LMTask(CompressTask):
+    """The user's text instead of labelled images: calibration samples random
+    token chunks, the metric is held-out perplexity, recovery is LM loss plus
+    KL distillation from the unpruned model, and the guard judges the rise in
+    validation NLL."""
+
+    name = "causal-lm"
+    metric = "perplexity"
+    unit_word = "attention head"
+
+    def check(self, loaded, data, cfg):
+        if cfg.method == "taylor":
+            raise BadInput("--method taylor is not available for language models; use hei, activation, magnitude, "
+                           "random or block-influence")
+        if loaded.tokenizer is None and not isinstance(data, TextData):
+            raise BadInput(f"{loaded.meta.get('source', 'MODEL')} has no tokenizer; save it next to the model with "
+                           "tokenizer.save_pretrained(MODEL_DIR)")
+
+    def load_data(self, loaded, data, generic, cfg, progress):
+        if not isinstance(data, TextData):
+            data = load_text_data(data, loaded.tokenizer, seed=cfg.seed, seq_len=cfg.lm.seq_len)
+        if isinstance(generic, str):
+            generic = load_generic(load_text_data, generic, loaded.tokenizer, seed=cfg.seed, seq_len=data.seq_len)
+        return data, generic
+
+    def run_config(self, loaded, cfg):
+        return _run_config(loaded, cfg)
+
+    def enter(self, loaded, cfg):
+        # the shared pruning code sees nn.Linear modules (GPT-2's Conv1D is swapped)
+        loaded.adapter.to_linear(loaded.model)
+
+    def release(self, loaded, model):
+        loaded.adapter.to_stock(model)
+
+    def personalize(self, loaded, data, cfg, progress):
         loaded.refresh_meta()
-        params_before = count_params(loaded.model)
-        _check_reachable(loaded, run_cfg, params_before)
-        fit = {"finetune_steps": 0}
-        if cfg.finetune_steps:
-            recover_lm(loaded, None, data.train, cfg.finetune_steps, _lm_lr(cfg),
-                       cfg.lm.batch_size, cfg.seed, progress=progress, stage="fine-tune")
-            fit = {"finetune_steps": cfg.finetune_steps}
-        x1 = data.test.ids[:1]
-        macs_before = count_macs(loaded, x1)
-        before = perplexity(loaded, data.test)
-        val_before = perplexity(loaded, data.val)
-        teacher = copy.deepcopy(loaded) if cfg.distill else None
-        log.info("unpruned model: %d params, held-out perplexity %.3f", params_before, before)
-        run = _buffered(loaded, teacher, data, generic, run_cfg, params_before, val_before, progress)
-        loaded, lineage, steps_log, scores, kinds, val_after = (run.loaded, run.lineage, run.steps, run.scores,
-                                                                run.kinds, run.metric)
-        params_after = count_params(loaded.model)
-        kept = params_after / params_before
-        if abs(kept - cfg.ratio) > RATIO_TOLERANCE:
-            raise TargetNotMet(f"could only reach a kept ratio of {kept:.3f} for --ratio {cfg.ratio}; "
-                               "pick a ratio the architecture can reach or --method block-influence")
-    finally:
-        for m in {id(x.model): x.model for x in (original, loaded, teacher) if x is not None}.values():
-            ad.to_stock(m)
-    after = perplexity(loaded, data.test)
-    loaded.refresh_meta()
-    loaded.meta["compress"] = {"method": cfg.method, "ratio": cfg.ratio, "seed": cfg.seed,
-                               "uniform": cfg.uniform}
-    loaded.meta["text"] = data.summary()
-    plan = _plan_json(cfg, lineage, scores, kinds)
-    for u in plan["units"]:
-        if u["unit"] == "heads" and ad.layout(loaded.model) == "llama":
-            u["unit"] = "kv_groups"  # a head unit of a GQA model is one KV group with its query heads
-    report = {
-        "params_before": params_before, "params_after": params_after, "params_ratio": kept,
-        "macs_before": macs_before, "macs_after": count_macs(loaded, x1), "macs_tokens": int(x1.shape[1]),
-        "metric": "perplexity", "before": before, "after": after,
-        "val_before": val_before, "val_after": val_after,
-        "steps": steps_log, "personalization": fit, "data": data.summary(),
-        "uniform": ad.is_uniform(loaded.model), "config": cfg.to_dict(), "seconds": round(time.time() - t0, 2),
-    }
-    return Pruned(loaded, plan, report, teacher, data)
+        if not cfg.finetune_steps:
+            return {"finetune_steps": 0}
+        recover_lm(loaded, None, data.train, cfg.finetune_steps, cfg.lm.lr, cfg.lm.batch_size, cfg.seed,
+                   progress=progress, stage="fine-tune")
+        return {"finetune_steps": cfg.finetune_steps}
 
+    def evaluate(self, loaded, split):
+        return perplexity(loaded, split)
 
-def _buffered(loaded: Loaded, teacher: Loaded | None, data: TextData, generic: TextData | None, cfg: PruneConfig,
-              params_before: int, val_before: float, progress: Progress | None) -> Stepped:
-    """The shared step-buffering loop with the LM's pieces: random token
-    chunks for calibration, perplexity for validation, and a guard on the
-    rise in validation NLL (nats)."""
-    batch = cfg.lm.batch_size
+    def macs_input(self, data):
+        return data.test.ids[:1]
 
-    def calib(g: torch.Generator):
-        # random sampling: a fresh random subsample of the user's chunks per step
-        idx = torch.randperm(len(data.train), generator=g)[: cfg.calib_samples]
-        gx = None
-        if generic is not None:
-            gx = generic.train.ids[torch.randperm(len(generic.train), generator=g)[: cfg.calib_samples]]
-        return data.train.ids[idx], None, gx
+    def step_task(self, loaded, teacher, data, generic, cfg, progress):
+        def calib(g: torch.Generator):
+            # random sampling: a fresh random subsample of the user's chunks per step
+            idx = torch.randperm(len(data.train), generator=g)[: cfg.calib_samples]
+            gx = None
+            if generic is not None:
+                gx = generic.train.ids[torch.randperm(len(generic.train), generator=g)[: cfg.calib_samples]]
+            return data.train.ids[idx], None, gx
 
-    task = StepTask(
-        calib=calib, validate=lambda m: perplexity(m, data.val),
-        harm=lambda current, pruned: math.log(pruned) - math.log(current), harm_name="nll_rise",
-        tolerance=cfg.lm.nll_tolerance,
-        recover=lambda m, steps, seed, stage: recover_lm(m, teacher, data.train, steps, _lm_lr(cfg), batch, seed,
-                                                         progress=progress, stage=stage))
-    return buffered_steps(loaded, task, cfg, params_before, val_before)
+        return StepTask(
+            calib=calib, validate=lambda m: perplexity(m, data.val),
+            harm=lambda current, pruned: math.log(pruned) - math.log(current), harm_name="nll_rise",
+            tolerance=cfg.lm.nll_tolerance,
+            recover=lambda m, steps, seed, stage: recover_lm(m, teacher, data.train, steps, cfg.lm.lr,
+                                                             cfg.lm.batch_size, seed, progress=progress, stage=stage))
 
-
-def _lm_lr(cfg: PruneConfig) -> float:
-    """LM recovery rate: PruneConfig.lm.lr (2e-5, see LMOptions), not PruneConfig.lr (tuned on DINOv2)."""
-    return cfg.lm.lr
+    def finish(self, loaded, data, cfg, plan, report):
+        ad = loaded.adapter
+        loaded.meta["compress"]["uniform"] = cfg.uniform
+        loaded.meta["text"] = data.summary()
+        for u in plan["units"]:
+            if u["unit"] == "heads" and ad.layout(loaded.model) == "llama":
+                u["unit"] = "kv_groups"  # a head unit of a GQA model is one KV group with its query heads
+        report["macs_tokens"] = int(self.macs_input(data).shape[1])
+        report["uniform"] = ad.is_uniform(loaded.model)

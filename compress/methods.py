@@ -30,6 +30,9 @@ class StepContext:
     cfg: Any                         # PruneConfig
     seed: int
     original_blocks: list[int] | None = None  # original index of each current block (lineage)
+    # how much a candidate plan harms the validation metric once cut (and its head re-fit);
+    # lower is better. Set by the step loop; planners that choose between plans use it
+    judge: Callable[[Plan], float] | None = None
     _cache: dict = field(default_factory=dict)
 
     def stats(self, which: str = "user"):
@@ -46,6 +49,7 @@ class StepPlan:
     plan: Plan
     layer_scores: list[dict[str, float]]   # per block: {"attn": s, "mlp": s}
     kinds: list[dict[str, str]]            # per block: {"attn": kind, "mlp": kind}
+    info: dict[str, Any] = field(default_factory=dict)  # what the planner chose, for the step log
 
 
 # --- importance of units inside a block ------------------------------------
@@ -281,14 +285,33 @@ def plan_hei(ctx: StepContext, target: float) -> StepPlan:
     if ctx.generic_x is not None:  # contrast: what the unit adds for this user beyond generic data
         gen = score_fn(ctx.stats("generic"), ctx.generic_x)
         scores = [{k: s[k] - g[k] for k in s} for s, g in zip(scores, gen)]
-    beta = ctx.cfg.hei.beta
     za, zm = _zscores([s["attn"] for s in scores]), _zscores([s["mlp"] for s in scores])
-    head_w = [math.exp(beta * z) for z in za]
-    chan_w = [math.exp(beta * z) for z in zm]
     unit = [(s.head_score, s.chan_score) for s in stats]
-    counts = solve(budget, target, chan_w, head_weights=head_w, min_heads=ctx.cfg.min_heads,
-                   channel_multiple=ctx.cfg.channel_multiple, uniform=_uniform(ctx))
-    return StepPlan(_plan_from_counts(unit, counts), scores, _kinds_from(scores))
+
+    def plan_at(beta: float) -> StepPlan:
+        head_w = [math.exp(beta * z) for z in za]
+        chan_w = [math.exp(beta * z) for z in zm]
+        counts = solve(budget, target, chan_w, head_weights=head_w, min_heads=ctx.cfg.min_heads,
+                       channel_multiple=ctx.cfg.channel_multiple, uniform=_uniform(ctx))
+        return StepPlan(_plan_from_counts(unit, counts), scores, _kinds_from(scores), {"beta": beta})
+
+    opts = ctx.cfg.hei
+    if not opts.auto:
+        return plan_at(opts.beta)
+    if ctx.judge is None or len(opts.betas) == 1:  # nothing to judge with: the first strength
+        return plan_at(opts.betas[0])
+    return _choose(ctx, [plan_at(b) for b in opts.betas])
+
+
+def _choose(ctx: StepContext, candidates: list[StepPlan]) -> StepPlan:
+    """The candidate whose cut harms this user's validation split least; ties
+    go to the earlier one (so a strength is dropped only when it measurably costs)."""
+    harms = [ctx.judge(c.plan) for c in candidates]
+    best = min(range(len(candidates)), key=lambda i: (harms[i], i))
+    chosen = candidates[best]
+    chosen.info = {**chosen.info, "auto": {"tried": [c.info.get("beta") for c in candidates],
+                                           "validation_harm": [round(h, 6) for h in harms]}}
+    return chosen
 
 
 def plan_block_influence(ctx: StepContext, target: float) -> StepPlan:

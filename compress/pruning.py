@@ -1,141 +1,102 @@
-"""The compress verb: personalize, plan, prune in buffered steps, recover."""
+"""The compress verb, one flow for every task: personalize, plan, prune in buffered steps, recover."""
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
+from typing import Any
 
 import torch
 
 from pocketsize.errors import TargetNotMet
+from pocketsize.loading import Loaded, load_model
 
 from . import train
 from .config import PruneConfig
-from pocketsize.data import ImageData, load_image_data
-from pocketsize.loading import Loaded, load_model
+from .images import personalize  # noqa: F401  (public: the suites personalize once per user)
 from .plan import count_params
-from .steps import load_generic
 from .steps import (RATIO_TOLERANCE, Progress, Pruned, StepTask, Stepped, _plan_json,  # noqa: F401
                     buffered_steps, count_macs, resolve_device)
+from .tasks import CompressTask, task_for
 
 log = logging.getLogger(__name__)
 
 
-def personalize(loaded: Loaded, data: ImageData, cfg: PruneConfig, progress: Progress | None = None) -> dict:
-    """Give the model a head for the user's classes unless it already has one."""
-    ad = loaded.adapter
-    labels = data.labels
-    if ad.num_classes(loaded.model) == len(labels) and loaded.meta.get("labels") == labels:
-        return {"head": "kept"}
-    info = train.fit_head(loaded, data.train, data.val, labels, epochs=cfg.probe_epochs, seed=cfg.seed)
-    info["head"] = "linear probe"
-    if cfg.finetune_steps:
-        train.recover(loaded, None, data.train, cfg.finetune_steps, cfg.lr, cfg.head_lr, cfg.batch_size,
-                      cfg.seed, progress=progress, stage="fine-tune")
-        info["head"] = f"linear probe + {cfg.finetune_steps} fine-tune steps"
-    return info
+def prune(model: Loaded | str, data: Any, config: PruneConfig | None = None,
+          progress: Progress | None = None, generic: Any = None) -> Pruned:
+    """Prune ``model`` for the user's ``data`` to ``config.ratio`` of its parameters.
 
-
-def prune(model: Loaded | str, data: ImageData | str, config: PruneConfig | None = None,
-          progress: Progress | None = None, generic: ImageData | str | None = None) -> Pruned:
-    """Prune ``model`` for the user's ``data`` to ``config.ratio`` of its parameters."""
+    One flow for every task (``pocketsize.compress.tasks``): an image
+    classifier takes an ImageFolder (or ``ImageData``) and is judged by
+    accuracy, a causal LM takes text (or ``TextData``) and is judged by
+    perplexity. The caller's model is never cut: steps work on copies."""
     cfg = config or PruneConfig()
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     loaded = model if isinstance(model, Loaded) else load_model(model)
+    task = task_for(loaded.task)
+    task.check(loaded, data, cfg)
     if cfg.allocation:  # a plan from another architecture is bad input before any work
         from .allocate import Budget
         from .transplant import Allocation
 
         Allocation.from_dict(cfg.allocation).check(Budget.of(loaded))
-    if loaded.task != "image-classification":
-        from .llm import prune_lm  # language models have their own data and metric
-
-        return prune_lm(loaded, data, cfg, progress=progress, generic=generic)
-    pp = loaded.meta.get("preprocessing") or loaded.adapter.preprocessing(loaded.model)
-    if cfg.image_size:
-        s = cfg.image_size
-        pp = {**pp, "input_size": [pp["input_size"][0], s, s]}
-    loaded.meta["preprocessing"] = pp
-    if not isinstance(data, ImageData):
-        data = load_image_data(data, pp, seed=cfg.seed, progress=progress is not None)
-    if isinstance(generic, str):
-        generic = load_generic(load_image_data, generic, pp, seed=cfg.seed)
-    loaded.model.to(resolve_device(cfg.device))
-    try:
-        return _prune_images(loaded, data, cfg, progress, generic, t0)
-    finally:
-        loaded.model.to("cpu")  # results (and the caller's model) always come back on the CPU
-
-
-def _check_reachable(loaded: Loaded, cfg: PruneConfig, params_before: int) -> None:
-    """Fail before any scoring or training when no plan can get down to the ratio."""
-    from .allocate import Budget, min_reachable
-
-    floor = min_reachable(Budget.of(loaded), cfg.min_heads, cfg.channel_multiple,
-                          block_removal=cfg.method == "block-influence")
-    if cfg.ratio * params_before < floor - RATIO_TOLERANCE * params_before:
-        raise TargetNotMet(f"--ratio {cfg.ratio} is below the smallest reachable kept ratio "
-                           f"{floor / params_before:.3f} for this model (embeddings, head and one head + "
-                           f"{cfg.channel_multiple} channels per block stay); pick a larger --ratio")
-
-
-def _prune_images(loaded: Loaded, data: ImageData, cfg: PruneConfig, progress: Progress | None,
-                  generic: ImageData | None, t0: float) -> Pruned:
-    fit = personalize(loaded, data, cfg, progress)
-    loaded.refresh_meta()
-    params_before = count_params(loaded.model)
-    _check_reachable(loaded, cfg, params_before)
-    x1 = data.test.normalized(0, 1).to(train.device_of(loaded))
-    macs_before = count_macs(loaded, x1)
-    before = train.accuracy(loaded, data.test)
-    val_before = train.accuracy(loaded, data.val)
-    teacher = copy.deepcopy(loaded) if cfg.distill else None
-    log.info("personalized model: %d params, held-out accuracy %.4f", params_before, before)
-
-    def calib(g: torch.Generator):
-        # random sampling: a fresh random subsample of the user's training data per step
-        idx = torch.randperm(len(data.train), generator=g)[: cfg.calib_samples]
-        gx = None
-        if generic is not None:
-            gx = generic.train.normalized()[torch.randperm(len(generic.train), generator=g)[: cfg.calib_samples]]
-        return data.train.normalized()[idx], data.train.y[idx], gx
-
-    def refit(candidate: Loaded, k: int) -> None:
-        # the pruned features moved: a linear probe on them is a cheap first buffer
-        train.fit_head(candidate, data.train, data.val, data.labels, epochs=cfg.probe_epochs, seed=cfg.seed + k)
-
-    task = StepTask(
-        calib=calib, validate=lambda m: train.accuracy(m, data.val),
-        harm=lambda current, pruned: current - pruned, harm_name="drop", tolerance=cfg.tolerance,
-        recover=lambda m, steps, seed, stage: train.recover(m, teacher, data.train, steps, cfg.lr, cfg.head_lr,
-                                                            cfg.batch_size, seed, progress=progress, stage=stage),
-        refit=refit if cfg.refit_head else None)
-    run = buffered_steps(loaded, task, cfg, params_before, val_before)
-    loaded, lineage, steps_log, current_val = run.loaded, run.lineage, run.steps, run.metric
-    last_scores, last_kinds = run.scores, run.kinds
-
-    params_after = count_params(loaded.model)
-    kept = params_after / params_before
-    if abs(kept - cfg.ratio) > RATIO_TOLERANCE:
-        raise TargetNotMet(f"could only reach a kept ratio of {kept:.3f} for --ratio {cfg.ratio}; "
-                           "allow block removal or pick a ratio the architecture can reach")
-    after = train.accuracy(loaded, data.test)
-    loaded.refresh_meta()
-    loaded.meta["compress"] = {"method": cfg.method, "ratio": cfg.ratio, "seed": cfg.seed}
-    plan = _plan_json(cfg, lineage, last_scores, last_kinds)
+    data, generic = task.load_data(loaded, data, generic, cfg, progress)
+    run_cfg = task.run_config(loaded, cfg)
+    with task.session(loaded, cfg) as touched:
+        fit = task.personalize(loaded, data, cfg, progress)
+        params_before = count_params(loaded.model)
+        _check_reachable(loaded, run_cfg, params_before, task)
+        x1 = task.macs_input(data).to(train.device_of(loaded))
+        macs_before = count_macs(loaded, x1)
+        before = task.evaluate(loaded, data.test)
+        val_before = task.evaluate(loaded, data.val)
+        log.info("%s model before pruning: %d params, held-out %s %.4f", task.name, params_before, task.metric,
+                 before)
+        teacher = copy.deepcopy(loaded) if cfg.distill else None
+        touched.append(teacher.model if teacher is not None else loaded.model)
+        run = buffered_steps(loaded, task.step_task(loaded, teacher, data, generic, cfg, progress), run_cfg,
+                             params_before, val_before)
+        touched.append(run.loaded.model)
+        pruned = run.loaded
+        params_after = count_params(pruned.model)
+        kept = params_after / params_before
+        if abs(kept - cfg.ratio) > RATIO_TOLERANCE:
+            raise TargetNotMet(f"could only reach a kept ratio of {kept:.3f} for --ratio {cfg.ratio}; "
+                               "pick a ratio the architecture can reach or --method block-influence")
+        after = task.evaluate(pruned, data.test)
+        macs_after = count_macs(pruned, x1)
+    pruned.refresh_meta()
+    pruned.meta["compress"] = {"method": cfg.method, "ratio": cfg.ratio, "seed": cfg.seed}
+    plan = _plan_json(cfg, run.lineage, run.scores, run.kinds)
     report = {
         "params_before": params_before, "params_after": params_after, "params_ratio": kept,
-        "macs_before": macs_before, "macs_after": count_macs(loaded, x1),
-        "metric": "accuracy", "before": before, "after": after,
-        "val_before": val_before, "val_after": current_val,
-        "steps": steps_log, "personalization": fit, "data": data.summary(),
+        "macs_before": macs_before, "macs_after": macs_after,
+        "metric": task.metric, "before": before, "after": after,
+        "val_before": val_before, "val_after": run.metric,
+        "steps": run.steps, "personalization": fit, "data": data.summary(),
         "config": cfg.to_dict(), "seconds": round(time.time() - t0, 2),
     }
-    if teacher is not None:
-        teacher.model.to("cpu")
-    loaded.model.to("cpu")
-    return Pruned(loaded, plan, report, teacher, data)
+    task.finish(pruned, data, cfg, plan, report)
+    return Pruned(pruned, plan, report, teacher, data)
 
 
+def _check_reachable(loaded: Loaded, cfg: PruneConfig, params_before: int, task: CompressTask) -> None:
+    """Fail before any scoring or training when no plan can get down to the ratio (exit 4)."""
+    from .allocate import Budget, min_reachable
+
+    removal = cfg.method == "block-influence" and cfg.allow_block_removal
+    floor = min_reachable(Budget.of(loaded), cfg.min_heads, cfg.channel_multiple, block_removal=removal)
+    floor /= params_before
+    if cfg.ratio >= floor - RATIO_TOLERANCE:
+        return
+    use = f"use --ratio {math.ceil(floor * 100) / 100:.2f} or more"
+    if removal:
+        raise TargetNotMet(f"--ratio {cfg.ratio} is below the smallest reachable kept ratio {floor:.3f} even when "
+                           f"removing blocks (one block, the embeddings and the head stay); {use}")
+    raise TargetNotMet(f"--ratio {cfg.ratio} is below the smallest reachable kept ratio {floor:.3f}: it would "
+                       f"remove every {task.unit_word} of some blocks (embeddings, head and {cfg.min_heads} "
+                       f"{task.unit_word}(s) + {cfg.channel_multiple} MLP channels per block stay); {use}, "
+                       "or --method block-influence")

@@ -2,8 +2,8 @@
 
 ``buffered_steps`` reaches the target in a schedule of steps, each scored on a
 fresh random calibration sample, recovered, and guarded by an undo; the task
-(:class:`StepTask`) says what differs. ``pruning`` (images) and ``llm``
-(language models) both build on this module and never on each other.
+(:class:`StepTask`) says what differs. The tasks (``images``, ``llm``) build
+their StepTask on this module; ``pruning.prune`` runs the one flow.
 """
 
 from __future__ import annotations
@@ -118,13 +118,24 @@ def buffered_steps(loaded: Loaded, task: StepTask, cfg: PruneConfig, params_befo
     while k < len(ratios):
         r = ratios[k]
         x, y, gx = task.calib(g)
-        step = planner(StepContext(loaded, x, y, gx, cfg, seed=cfg.seed + k, original_blocks=list(lineage.blocks)),
-                       r * params_before)
-        candidate = copy.deepcopy(loaded)
-        apply_plan(candidate, step.plan)
-        if task.refit is not None:
-            task.refit(candidate, k)
-        val_pruned = task.validate(candidate)
+        judged: dict[int, tuple[Loaded, float]] = {}
+
+        def cut(plan, k=k, base=loaded, before=current) -> float:
+            # a candidate cut, its head re-fit and its validation harm; kept so the chosen one is not redone
+            candidate = copy.deepcopy(base)
+            apply_plan(candidate, plan)
+            if task.refit is not None:
+                task.refit(candidate, k)
+            val = task.validate(candidate)
+            judged[id(plan)] = (candidate, val)
+            return task.harm(before, val)
+
+        step = planner(StepContext(loaded, x, y, gx, cfg, seed=cfg.seed + k, original_blocks=list(lineage.blocks),
+                                   judge=cut), r * params_before)
+        if id(step.plan) not in judged:
+            cut(step.plan)
+        candidate, val_pruned = judged.pop(id(step.plan))
+        judged.clear()
         harm = task.harm(current, val_pruned)
         prev = ratios[k - 1] if k else 1.0
         if cfg.buffer and k < len(ratios) - 1 and harm > task.tolerance and k not in split_done:
@@ -149,7 +160,7 @@ def buffered_steps(loaded: Loaded, task: StepTask, cfg: PruneConfig, params_befo
         log.info("step %d: kept %.3f of the parameters, validation metric %.4f at the cut, %.4f after %d "
                  "recovery steps", k + 1, kept, val_pruned, current, recov[k])
         log_.append({"ratio": kept, "target": r, "metric": current, "metric_at_prune": val_pruned,
-                     "accepted": True, "recovery_steps": recov[k]})
+                     "accepted": True, "recovery_steps": recov[k], **({"planner": step.info} if step.info else {})})
         k += 1
     return Stepped(loaded, lineage, log_, scores, kinds, current)
 

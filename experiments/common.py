@@ -15,13 +15,24 @@ def host(device: str) -> str:
     return f"{where}, {os.cpu_count()} cores, torch {torch.__version__}, transformers {transformers.__version__}"
 
 
+def weights_sha256(model) -> str:
+    """sha256 of the model's weights as a safetensors file (what `save_file` would
+    write): names every row's exact weights, rounded copies included."""
+    import hashlib
+
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return hashlib.sha256(save(state)).hexdigest()
+
 
 def provenance(rows: list[dict]) -> list[str]:
     """One line per (host, weights, suite arguments) with its row count."""
     prov: dict[tuple, int] = {}
     for r in rows:
         if r["method"] != "unpruned":
-            k = (r.get("host", "?"), r.get("weights", "fp32"), r.get("cmd", ""))
+            w = r.get("weights", "fp32") + (f", sha256 {r['weights_sha256'][:12]}" if r.get("weights_sha256") else "")
+            k = (r.get("host", "?"), w, r.get("cmd", ""))
             prov[k] = prov.get(k, 0) + 1
     return [f"- {n} rows on {h} (weights {w}): `{c or '?'}`" for (h, w, c), n in sorted(prov.items())]
 

@@ -85,14 +85,14 @@ def prune_row(job: dict) -> dict:
 
     from pocketsize import compress
     from experiments.common import host, plan_widths
-    from pocketsize.compress.llm import prune_lm
+    from pocketsize.compress.pruning import prune
 
     torch.set_num_threads(job["threads"])
     base = compress.PruneConfig(**job["base"])
     cfg = replace(base, method=job["spec"], ratio=job["ratio"], seed=job["seed"], buffer=job["buffer"])
     t = time.time()
     data = _data(job["corpus"], job["seed"], cfg.lm.seq_len)
-    pruned = prune_lm(copy.deepcopy(_model()), data, cfg)
+    pruned = prune(copy.deepcopy(_model()), data, cfg)
     r = pruned.report
     return {"task": "llm", "subset": job["subset"], "method": job["spec"], "ratio": cfg.ratio, "seed": cfg.seed,
             "buffer": cfg.buffer, "recovery_steps": cfg.recovery_steps, "steps": cfg.steps,

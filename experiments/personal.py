@@ -32,10 +32,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from experiments.common import host, provenance
+from experiments.common import host, provenance, weights_sha256
 from experiments.domains import USERS, donors, user_folder
 
-VARIANTS = ("own", "transplant", "depth-prior")
+VARIANTS = ("own", "transplant", "depth-prior", "donor-units")
 _CACHE: dict = {}
 
 
@@ -56,6 +56,7 @@ def _personalized(user: str, seed: int, per_class: int, base, round_to: str | No
         from pocketsize.data import load_image_data
 
         loaded = _zoo_model(round_to)
+        _CACHE.setdefault("sha256", weights_sha256(loaded.model))
         folder = user_folder(USERS[user], per_class, _data_root())
         data = load_image_data(folder, loaded.meta["preprocessing"], seed=seed)
         loaded.model.to(resolve_device(base.device))
@@ -66,6 +67,14 @@ def _personalized(user: str, seed: int, per_class: int, base, round_to: str | No
     return _CACHE[key]
 
 
+def _config(job: dict):
+    from pocketsize import compress
+
+    base = compress.PruneConfig(**job["base"])
+    cfg = replace(base, method="hei", ratio=job["ratio"], seed=job["seed"], allocation=job.get("allocation"))
+    return base, replace(cfg, hei=replace(cfg.hei, beta=job["beta"])) if job.get("beta") is not None else cfg
+
+
 def prune_row(job: dict) -> dict:
     """One prune of ``job['user']`` with ``job['variant']``'s allocation."""
     import torch
@@ -74,9 +83,10 @@ def prune_row(job: dict) -> dict:
     from pocketsize.compress.transplant import Allocation
 
     torch.set_num_threads(job["threads"])
-    base = compress.PruneConfig(**job["base"])
+    if job["variant"] == "donor-units":
+        return units_row(job)
+    base, cfg = _config(job)
     loaded, data = _personalized(job["user"], job["seed"], job["per_class"], base, job.get("round"))
-    cfg = replace(base, method="hei", ratio=job["ratio"], seed=job["seed"], allocation=job.get("allocation"))
     t = time.time()
     pruned = compress.prune(copy.deepcopy(loaded), data, cfg)
     r = pruned.report
@@ -85,7 +95,44 @@ def prune_row(job: dict) -> dict:
             "buffer": cfg.buffer, "recovery_steps": cfg.recovery_steps, "before": r["before"], "after": r["after"],
             "val_before": r["val_before"], "val_after": r["val_after"], "params_ratio": r["params_ratio"],
             "allocation": Allocation.from_plan(pruned.plan, "row").to_dict(), "seconds": round(time.time() - t, 1),
-            "weights": job.get("round") or "fp32", "host": host(cfg.device), "cmd": job.get("cmd", "")}
+            "hei": {"beta": cfg.hei.beta, "score": cfg.hei.score},
+            "weights": job.get("round") or "fp32", "weights_sha256": _CACHE["sha256"], "host": host(cfg.device), "cmd": job.get("cmd", "")}
+
+
+def units_row(job: dict) -> dict:
+    """The donor's whole one-shot plan, unit for unit (its allocation *and* the
+    heads and channels its data chose), cut from this user's model; then this
+    user's head re-fit, as a one-shot prune at the cut does. Own minus this
+    measures what the user's data adds by choosing the units inside blocks."""
+    from pocketsize import compress
+    from pocketsize.compress import train
+    from pocketsize.compress.plan import Plan, apply_plan, count_params
+
+    base, cfg = _config(job)
+    if cfg.buffer or cfg.recovery_steps:
+        raise SystemExit("donor-units is a control at the cut: run it with --no-buffer --recovery-steps 0")
+    key = ("donor-plan", job["donor"], job["seed"], job["ratio"], cfg.hei.beta)
+    if key not in _CACHE:
+        d_loaded, d_data = _personalized(job["donor"], job["seed"], job["per_class"], base, job.get("round"))
+        _CACHE[key] = compress.prune(copy.deepcopy(d_loaded), d_data, cfg).plan["keep"]
+    keep = _CACHE[key]
+    loaded, data = _personalized(job["user"], job["seed"], job["per_class"], base, job.get("round"))
+    t = time.time()
+    m = copy.deepcopy(loaded)
+    plan = Plan(keep["keep_blocks"], {int(k): v for k, v in keep["heads"].items()},
+                {int(k): v for k, v in keep["channels"].items()})
+    apply_plan(m, plan)
+    train.fit_head(m, data.train, data.val, data.labels, epochs=cfg.probe_epochs, seed=cfg.seed)
+    before, val_before = train.accuracy(loaded, data.test), train.accuracy(loaded, data.val)
+    return {"stage": job["stage"], "user": job["user"], "domain": USERS[job["user"]].domain,
+            "method": "donor-units", "donor": job["donor"], "ratio": cfg.ratio, "seed": cfg.seed,
+            "buffer": cfg.buffer, "recovery_steps": cfg.recovery_steps, "before": before,
+            "after": train.accuracy(m, data.test), "val_before": val_before, "val_after": train.accuracy(m, data.val),
+            "params_ratio": count_params(m.model) / count_params(loaded.model),
+            "allocation": None, "seconds": round(time.time() - t, 1),
+            "hei": {"beta": cfg.hei.beta, "score": cfg.hei.score},
+            "weights": job.get("round") or "fp32", "weights_sha256": _CACHE["sha256"], "host": host(cfg.device),
+            "cmd": job.get("cmd", "")}
 
 
 # --- statistics -------------------------------------------------------------------
@@ -120,7 +167,13 @@ def distance(a: dict, b: dict) -> float:
 def _job(args, base: dict, stage: str, user: str, seed: int, ratio: float, variant: str, **kw) -> dict:
     return {"stage": stage, "user": user, "seed": seed, "ratio": ratio, "variant": variant, "base": base,
             "per_class": args.per_class, "threads": args.threads, "round": args.round_weights,
-            "cmd": " ".join(args.argv), **kw}
+            "cmd": " ".join(args.argv), **{"beta": args.betas[0], **kw}}
+
+
+def control_stage(recovery_steps: int, buffer: bool) -> str:
+    """``cut``: plans judged right after the cut and the head re-fit (no recovery);
+    ``controls``: after buffered steps and recovery."""
+    return "controls" if recovery_steps or buffer else "cut"
 
 
 def plan_jobs(args, base: dict) -> list[dict]:
@@ -131,28 +184,65 @@ def plan_jobs(args, base: dict) -> list[dict]:
 
 
 def own_jobs(args, base: dict) -> list[dict]:
-    return [_job(args, base, "controls", u, s, q, "own") for s in range(args.seeds) for u in args.users
-            for q in args.ratios]
+    stage = control_stage(base["recovery_steps"], base["buffer"])
+    return [_job(args, base, stage, u, s, q, "own", beta=b) for s in range(args.seeds) for u in args.users
+            for q in args.ratios for b in args.betas]
 
 
 def control_jobs(args, base: dict, rows: list[dict]) -> list[dict]:
     """Transplant and depth prior for every (user, seed, ratio) whose plans exist."""
     from pocketsize.compress.transplant import Allocation
 
-    own = {(r["user"], r["seed"], r["ratio"]): r for r in rows if r["stage"] == "controls" and r["method"] == "own"}
+    stage = control_stage(base["recovery_steps"], base["buffer"])
+    own = {(r["user"], r["seed"], r["ratio"]): r for r in rows
+           if r["stage"] == stage and r["method"] == "own" and _beta(r) == args.betas[0]}
     jobs = []
     for (u, s, q), _ in sorted(own.items()):
         give = [d for d in donors(args.users, u) if (d, s, q) in own]
-        if give:
+        if give and "transplant" in args.variants:
             d = give[0]
-            jobs.append(_job(args, base, "controls", u, s, q, "transplant", donor=d,
+            jobs.append(_job(args, base, stage, u, s, q, "transplant", donor=d,
                              allocation=own[(d, s, q)]["allocation"]))
         others = [own[(o, s, q)]["allocation"] for o in args.users if o != u and (o, s, q) in own]
-        if others:
+        if others and "depth-prior" in args.variants:
             prior = Allocation.average([Allocation.from_dict(a) for a in others], "depth prior")
-            jobs.append(_job(args, base, "controls", u, s, q, "depth-prior", donor="others",
+            jobs.append(_job(args, base, stage, u, s, q, "depth-prior", donor="others",
                              allocation=prior.to_dict()))
+        if give and stage == "cut" and "donor-units" in args.variants:
+            jobs.append(_job(args, base, stage, u, s, q, "donor-units", donor=give[0]))
     return jobs
+
+
+def render_strengths(rows: list[dict], stage: str = "cut") -> list[str]:
+    """hei's own plan at each allocation strength, paired by seed against beta 0
+    (uniform allocation: exactly the ``activation`` baseline's plan)."""
+    own = [r for r in rows if r["stage"] == stage and r["method"] == "own"]
+    betas = sorted({_beta(r) for r in own}, key=lambda b: (isinstance(b, str), b if not isinstance(b, str) else 0))
+    if len(betas) < 2 or 0.0 not in betas:
+        return []
+    others = [b for b in betas if b != 0.0]
+    lines = ["## Allocation strength (hei's own plan, judged at the cut)", "",
+             "beta 0 spreads the cut uniformly by activation importance (the `activation` baseline's plan); "
+             "`auto` picks the strength per step from (0.3, 0, 1) on the validation split. Held-out accuracy, "
+             "% mean (n seeds); gap = beta minus beta 0 on the same seed, 95% t interval.", "",
+             "| user | keep | " + " | ".join(f"beta {b}" for b in betas) + " | "
+             + " | ".join(f"{b} - 0" for b in others) + " |",
+             "|---|---|" + "---|" * (len(betas) + len(others))]
+    for u in sorted({r["user"] for r in own}):
+        for q in sorted({r["ratio"] for r in own if r["user"] == u}, reverse=True):
+            cell = {b: {r["seed"]: r["after"] for r in own if r["user"] == u and r["ratio"] == q and _beta(r) == b}
+                    for b in betas}
+
+            def gap(b) -> str:
+                ci = t_interval([cell[b][s] - cell[0.0][s] for s in sorted(set(cell[b]) & set(cell[0.0]))])
+                return "-" if ci is None else (f"{ci[0] * 100:+.1f} [{ci[1] * 100:+.1f}, {ci[2] * 100:+.1f}] "
+                                               f"{verdict(ci)}")
+
+            means = [f"{statistics.mean(cell[b].values()) * 100:.1f} (n={len(cell[b])})" if cell[b] else "-"
+                     for b in betas]
+            lines.append(f"| {u} ({USERS[u].domain}) | {q:.2f} | " + " | ".join(means) + " | "
+                         + " | ".join(gap(b) for b in others) + " |")
+    return lines + [""]
 
 
 # --- rendering ----------------------------------------------------------------------
@@ -187,23 +277,35 @@ def render_plans(rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def render_controls(rows: list[dict]) -> list[str]:
-    ctl = [r for r in rows if r["stage"] == "controls"]
-    if not ctl:
-        return []
+def render_controls(rows: list[dict], stage: str = "controls") -> list[str]:
+    lines: list[str] = []
+    for beta in sorted({_beta(r) for r in rows if r["stage"] == stage}, key=str):
+        ctl = [r for r in rows if r["stage"] == stage and _beta(r) == beta]
+        if any(r["method"] != "own" for r in ctl):
+            lines += _render_controls(ctl, stage, beta)
+    return lines
+
+
+_NAMES = {"transplant": "transplant", "depth-prior": "depth prior", "donor-units": "donor's units"}
+
+
+def _render_controls(ctl: list[dict], stage: str, beta: float | str) -> list[str]:
     budget = sorted({(r["recovery_steps"], r["buffer"]) for r in ctl if "recovery_steps" in r})
     how = "; ".join(f"{n} recovery steps, buffer {'on' if b else 'off'}" + (" (judged at the cut, after the head "
                     "re-fit)" if n == 0 else "") for n, b in budget)
-    lines = ["## Own plan against transplanted plan and depth prior", "",
+    title = "judged at the cut" if stage == "cut" else "after step buffering and recovery"
+    controls = [v for v in VARIANTS[1:] if any(r["method"] == v for r in ctl)]
+    lines = [f"## Own plan against its controls: {title} (hei beta {beta})", "",
              f"Budget: {how or 'as recorded'}. Held-out accuracy, % mean [min-max] (n seeds); same model, data, "
              "size and budget for every column. Paired gap = own minus control on the same seed, 95% t interval.", "",
-             "| user | keep | own | transplant | depth prior | own - transplant | own - depth prior |",
-             "|---|---|---|---|---|---|---|"]
+             "| user | keep | own | " + " | ".join(_NAMES[v] for v in controls) + " | "
+             + " | ".join(f"own - {_NAMES[v]}" for v in controls) + " |",
+             "|---|---|---|" + "---|" * (2 * len(controls))]
     for u in sorted({r["user"] for r in ctl}):
         for q in sorted({r["ratio"] for r in ctl if r["user"] == u}, reverse=True):
             cell = lambda m: {r["seed"]: r["after"] for r in ctl if r["user"] == u and r["ratio"] == q  # noqa: E731
                               and r["method"] == m}
-            own, tr, pr = cell("own"), cell("transplant"), cell("depth-prior")
+            own = cell("own")
 
             def gap(other: dict) -> str:
                 ci = t_interval([own[s] - other[s] for s in sorted(set(own) & set(other))])
@@ -211,8 +313,10 @@ def render_controls(rows: list[dict]) -> list[str]:
                     return "-"
                 return f"{ci[0] * 100:+.1f} [{ci[1] * 100:+.1f}, {ci[2] * 100:+.1f}] {verdict(ci)}"
 
+            cells = [cell(v) for v in controls]
             lines.append(f"| {u} ({USERS[u].domain}) | {q:.2f} | {_pct(list(own.values()))} | "
-                         f"{_pct(list(tr.values()))} | {_pct(list(pr.values()))} | {gap(tr)} | {gap(pr)} |")
+                         + " | ".join(_pct(list(c.values())) for c in cells) + " | "
+                         + " | ".join(gap(c) for c in cells) + " |")
     return lines + [""]
 
 
@@ -225,14 +329,23 @@ def render(rows: list[dict]) -> str:
              "Where the rows come from (`python -m experiments.personal ARGS`, rows in the .jsonl beside this file):",
              ""]
     lines += provenance(rows) + [""]
-    lines += render_plans(rows) + render_controls(rows)
+    lines += (render_plans(rows) + render_controls(rows, "cut") + render_strengths(rows, "cut")
+              + render_controls(rows, "controls"))
     return "\n".join(lines) + "\n"
 
 
 # --- driver -------------------------------------------------------------------------
 
+def _beta(r: dict) -> float | str:
+    """hei's beta of a row or job (rows before it was recorded ran the default)."""
+    from pocketsize.compress.config import HeiOptions
+
+    b = r.get("hei", {}).get("beta") if "method" in r else r.get("beta")
+    return HeiOptions.beta if b is None else b
+
+
 def _key(r: dict) -> tuple:
-    return (r["stage"], r["user"], r["seed"], r["ratio"], r.get("method", r.get("variant")))
+    return (r["stage"], r["user"], r["seed"], r["ratio"], r.get("method", r.get("variant")), _beta(r))
 
 
 def main(argv=None) -> int:
@@ -248,6 +361,10 @@ def main(argv=None) -> int:
                    "judged at the cut, after the head re-fit, before any recovery)")
     p.add_argument("--torch-device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    p.add_argument("--variants", default=",".join(VARIANTS[1:]),
+                   help="controls to run beside own (donor-units only with --no-buffer --recovery-steps 0)")
+    p.add_argument("--beta", default=None, help="hei's allocation strengths, comma-separated numbers or auto "
+                   "(default: the CLI's); own plans run at each, the controls at the first")
     p.add_argument("--round-weights", choices=("fp16", "bf16"), default=None)
     p.add_argument("--quick", action="store_true", help="2 users, 1 seed, keep 0.5, tiny budget (CI: the plumbing, not a result)")
     p.add_argument("--resume", action="store_true", help="keep rows already in OUT.jsonl")
@@ -255,12 +372,20 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.quick:
-        args.users, args.seeds, args.ratios, args.per_class, args.recovery_steps = "A,D", 1, "0.5", 16, 2
+        args.users, args.seeds, args.ratios, args.per_class = "A,D", 1, "0.5", 16
+        args.recovery_steps = min(args.recovery_steps, 2)
     args.users = [u for u in args.users.split(",") if u]
     bad = [u for u in args.users if u not in USERS]
     if bad:
         raise SystemExit(f"unknown user(s) {bad}; valid: {', '.join(USERS)}")
     args.ratios = [float(q) for q in args.ratios.split(",")]
+    args.variants = [v for v in args.variants.split(",") if v]
+    if [v for v in args.variants if v not in VARIANTS[1:]]:
+        raise SystemExit(f"--variants: valid controls are {', '.join(VARIANTS[1:])}")
+    from pocketsize.compress.config import HeiOptions
+
+    args.betas = ([HeiOptions.beta] if args.beta is None else
+                  [b if b == "auto" else float(b) for b in args.beta.split(",") if b])
 
     import os
 
@@ -286,7 +411,7 @@ def main(argv=None) -> int:
     def run(jobs: list[dict]) -> None:
         done = {_key(r) for r in rows}
         for job in jobs:
-            if (job["stage"], job["user"], job["seed"], job["ratio"], job["variant"]) in done:
+            if _key(job) in done:
                 continue
             row = prune_row(job)
             rows.append(row)
@@ -299,6 +424,7 @@ def main(argv=None) -> int:
     if args.stage in ("plans", "all"):
         run(plan_jobs(args, base_d))
     if args.stage in ("controls", "all"):
+        run(control_jobs(args, base_d, rows))  # controls of own plans already measured come first
         run(own_jobs(args, base_d))
         run(control_jobs(args, base_d, rows))
     out.write_text(render(rows))

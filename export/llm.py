@@ -1,4 +1,4 @@
-"""export() for causal LMs: KV-cached decoders, checked by greedy generation.
+"""The causal-lm task of export(): KV-cached decoders, checked by greedy generation.
 
 Every artifact runs ``forward(input_ids (1, T), cache_position (T,)) -> logits``
 over a fixed-size KV cache (``pocketsize.export.llm_cache``): T = prompt length to
@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import platform
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -26,12 +25,11 @@ import torch
 from torch import nn
 
 from pocketsize.errors import BadInput
-from pocketsize.io import atomic_dir, write_json
-from pocketsize.splits import SPLIT_FILE
 
 from . import parity as _parity
 from .config import ExportConfig
 from .source import Source
+from .tasks import ExportTask
 
 log = logging.getLogger(__name__)
 
@@ -156,22 +154,21 @@ def frozen(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(f)
 
 
-def export_lm(src: Source, out_dir: str | Path, config: ExportConfig, data: Any, t0: float) -> dict[str, Any]:
-    """export.export for a causal LM (called by it; see the module doc)."""
-    from .artifacts import export_one, raise_failures
-    from .targets import get_target
+class LMExport(ExportTask):
+    """The causal-lm task of ``pocketsize.export.api.export``: KV-cached decoders checked by greedy tokens."""
 
-    for key in config.targets:  # a format that cannot take LMs is bad input before minutes of work
-        get_target(key, "causal-lm")
-    loaded = src.loaded
-    model = loaded.model.eval()
-    split = lm_split(src, config, data)
-    prompt, record = parity_prompt(loaded, config)
-    p = int(prompt.shape[1])
-    n = int(config.lm_new_tokens)
-    with frozen(model):
+    name = "causal-lm"
+
+    def prepare(self, src: Source, config: ExportConfig, data: Any) -> Any:
+        from .tasks import Prepared
+
+        loaded = src.loaded
+        model = loaded.model.eval()
+        split = lm_split(src, config, data)
+        prompt, record = parity_prompt(loaded, config)
+        p = int(prompt.shape[1])
         job = LMJob(model, cache_len(model, config, p), config.quantize, config, prompt)
-        tokens, ref = greedy_reference(model, prompt, n)
+        tokens, ref = greedy_reference(model, prompt, int(config.lm_new_tokens))
 
         def check(target: Any, path: Path) -> dict[str, Any]:
             v = target.verify(path, job) if hasattr(target, "verify") else None  # structural checks (Core ML)
@@ -181,15 +178,14 @@ def export_lm(src: Source, out_dir: str | Path, config: ExportConfig, data: Any,
             return _with_structure(compare_lm(ref, stepped_logits(target.stepper(path, job), prompt, tokens),
                                               tokens, p, config.precision(target.FORMAT), config), v)
 
-        with atomic_dir(out_dir) as tmp:
-            artifacts = [export_one(key, job, tmp, config, check, task="causal-lm") for key in config.targets]
-            tok = _save_tokenizer(loaded, tmp)
-            if split is not None:  # bench evaluates perplexity on exactly its test chunks
-                split.save(tmp / SPLIT_FILE)
-            manifest = _manifest(src, config, job, record, tokens, tok, artifacts, time.perf_counter() - t0)
-            write_json(tmp / "manifest.json", manifest)
-    raise_failures(artifacts, out_dir)
-    return manifest
+        def manifest(artifacts: list[dict[str, Any]], out: Path, seconds: float) -> dict[str, Any]:
+            tok = _save_tokenizer(loaded, out)
+            return _manifest(src, config, job, record, tokens, tok, artifacts, seconds)
+
+        return Prepared(job=job, check=check, manifest=manifest, split=split)
+
+    def hold(self, src: Source) -> Any:
+        return frozen(src.loaded.model)
 
 
 def lm_split(src: Source, config: ExportConfig, data: Any) -> Any:

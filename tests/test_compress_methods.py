@@ -160,7 +160,7 @@ def test_config_rejects_unknown_method_listing_valid():
 def test_config_roundtrips_through_json():
     cfg = PruneConfig(ratio=0.35, method="hei", seed=7, buffer=False, hei=HeiOptions(beta=0.5))
     d = json.loads(json.dumps(cfg.to_dict()))
-    assert d["version"] == 2 and d["hei"] == {"beta": 0.5, "score": "loss"}
+    assert d["version"] == 3 and d["hei"] == {"beta": 0.5, "betas": [0.3, 0.0, 1.0], "score": "loss"}
     assert PruneConfig.from_dict(d) == cfg
     with pytest.raises(BadInput, match="unknown PruneConfig keys"):
         PruneConfig.from_dict({**d, "bogus": 1})
@@ -238,3 +238,20 @@ def test_taylor_scores_come_from_torch_pruning_and_equal_the_criterion(tiny_vit,
         want_c = t(ad.mlp_in(blk)[0].weight).sum(1) + t(ad.mlp_out(blk).weight).sum(0)
         assert torch.allclose(h, want_h, rtol=1e-4, atol=1e-8)
         assert torch.allclose(c, want_c, rtol=1e-4, atol=1e-8)
+
+
+def test_hei_auto_beta_records_its_choice_and_hits_the_ratio(tiny_vit, data):
+    """--hei-beta auto through the real step loop: every accepted step records
+    the strengths it tried, their validation harm and the one it kept, and the
+    kept plan is the one the loop measured (the ratio and the report agree)."""
+    cfg = dataclasses.replace(FAST, hei=HeiOptions(beta="auto", betas=(0.3, 0.0, 1.0)))
+    pruned = prune(_loaded(tiny_vit), data, cfg)
+    assert abs(pruned.report["params_ratio"] - 0.5) <= 0.01
+    accepted = [s for s in pruned.report["steps"] if s["accepted"]]
+    assert accepted
+    for s in accepted:
+        auto = s["planner"]["auto"]
+        assert auto["tried"] == [0.3, 0.0, 1.0] and len(auto["validation_harm"]) == 3
+        best = min(auto["validation_harm"])
+        assert s["planner"]["beta"] == auto["tried"][auto["validation_harm"].index(best)]
+    assert json.loads(json.dumps(pruned.report["config"]))["hei"]["beta"] == "auto"

@@ -21,7 +21,7 @@ from pocketsize.compress.config import LMOptions, PruneConfig
 from pocketsize.loading import load, load_model, save_model_dir
 from pocketsize.compress.pruning import prune
 from pocketsize.text import load_text_data, perplexity, token_nll
-from pocketsize.errors import BadInput
+from pocketsize.errors import BadInput, TargetNotMet
 
 from lm_helpers import make_model, personal_text, write_corpus
 
@@ -231,9 +231,10 @@ def test_missing_tokenizer_and_unreachable_ratio(corpus, tmp_path):
     make_model("llama", 320).save_pretrained(tmp_path / "notok")
     with pytest.raises(BadInput, match="tokenizer"):
         prune(str(tmp_path / "notok"), str(corpus / "personal.txt"), cfg())
-    with pytest.raises(BadInput, match="every attention head"):
+    # an unreachable ratio is a target that cannot be met (exit 4), for every task
+    with pytest.raises(TargetNotMet, match="every attention head"):
         prune(str(corpus / "llama"), str(corpus / "personal.txt"), cfg(ratio=0.1))
-    with pytest.raises(BadInput, match="removing layers"):  # the tied embedding alone is more than 0.05
+    with pytest.raises(TargetNotMet, match="removing blocks"):  # the tied embedding alone is more than 0.05
         prune(str(corpus / "llama"), str(corpus / "personal.txt"), cfg(ratio=0.05, method="block-influence"))
     with pytest.raises(BadInput, match="taylor"):
         prune(str(corpus / "llama"), str(corpus / "personal.txt"), cfg(method="taylor"))

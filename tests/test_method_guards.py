@@ -378,3 +378,53 @@ def test_plan_hei_gives_the_highest_scored_block_the_most(planted, monkeypatch):
     assert len({h for h, _ in flat}) == 1 and max(c for _, c in flat) - min(c for _, c in flat) <= 8, flat
     reversed_ = counts(hei_beta=-0.3)
     assert reversed_[top][1] < reversed_[bottom][1], reversed_
+
+
+# --- 5. the allocation strength chosen on validation (beta "auto") -----------------
+
+def _plan_counts(plan) -> list[tuple[int, int]]:
+    return [(len(plan.heads[i]), len(plan.channels[i])) for i in sorted(plan.heads)]
+
+
+def test_auto_beta_keeps_the_plan_the_judge_prefers(planted):
+    """beta "auto" tries every strength through ctx.judge and keeps the least
+    harmful plan: a judge that penalises non-uniform plans gets the beta = 0
+    plan, one that rewards them gets the strongest tilt; ties go to the first."""
+    loaded = planted[0]
+    target = RATIO * Budget.of(loaded).total
+    fixed = {b: _plan_counts(M.plan_hei(_ctx(planted, hei_beta=b), target).plan) for b in (0.0, 0.3, 1.0)}
+    assert fixed[0.0] != fixed[1.0]  # the strengths give different plans, else the test proves nothing
+
+    def spread(plan) -> float:
+        c = [ch for _, ch in _plan_counts(plan)]
+        return float(max(c) - min(c))
+
+    def run(judge) -> M.StepPlan:
+        ctx = _ctx(planted, hei_beta="auto", hei_betas=(0.3, 0.0, 1.0))
+        ctx.judge = judge
+        return M.plan_hei(ctx, target)
+
+    flat = run(spread)  # less spread = less harm
+    assert _plan_counts(flat.plan) == fixed[0.0] and flat.info["beta"] == 0.0, flat.info
+    assert flat.info["auto"]["tried"] == [0.3, 0.0, 1.0] and len(flat.info["auto"]["validation_harm"]) == 3
+    tilted = run(lambda plan: -spread(plan))
+    assert _plan_counts(tilted.plan) == fixed[1.0] and tilted.info["beta"] == 1.0
+    tie = run(lambda plan: 0.0)
+    assert _plan_counts(tie.plan) == fixed[0.3] and tie.info["beta"] == 0.3
+
+
+def test_auto_beta_without_a_judge_uses_the_first_strength(planted):
+    loaded = planted[0]
+    target = RATIO * Budget.of(loaded).total
+    auto = M.plan_hei(_ctx(planted, hei_beta="auto", hei_betas=(1.0, 0.0)), target)
+    assert _plan_counts(auto.plan) == _plan_counts(M.plan_hei(_ctx(planted, hei_beta=1.0), target).plan)
+
+
+def test_hei_options_refuse_bad_strengths():
+    from pocketsize.compress.config import HeiOptions
+    from pocketsize.errors import BadInput
+
+    assert HeiOptions(beta="auto").auto and HeiOptions(betas=[0.0, 1.0]).betas == (0.0, 1.0)
+    for bad in ({"beta": "strong"}, {"beta": float("nan")}, {"betas": ()}, {"betas": (0.3, float("inf"))}):
+        with pytest.raises(BadInput):
+            HeiOptions(**bad)

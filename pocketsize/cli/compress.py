@@ -58,9 +58,10 @@ def add_prune_args(p: argparse.ArgumentParser, methods) -> None:
                    help="optional generic reference data for the personal/common contrast")
     p.add_argument("--uniform", action="store_true",
                    help="same widths in every layer (LLMs: the output then also loads with plain from_pretrained)")
-    p.add_argument("--hei-beta", type=float, default=None, metavar="B",
-                   help=f"--method hei: how strongly entropy-increase scores tilt the per-block cut "
-                        f"(default {d['hei'].beta})")
+    p.add_argument("--hei-beta", type=_beta, default=None, metavar="B",
+                   help=f"--method hei: how strongly entropy-increase scores tilt the per-block cut, or auto "
+                        f"(chosen per step on the validation split from {', '.join(map(str, d['hei'].betas))}; "
+                        f"default {d['hei'].beta})")
     p.add_argument("--hei-score", default=None, metavar="NAME",
                    help=f"--method hei: entropy-increase estimator, one of {', '.join(HEI_SCORES)} "
                         f"(default {d['hei'].score})")
@@ -70,6 +71,15 @@ def add_prune_args(p: argparse.ArgumentParser, methods) -> None:
     p.add_argument("--torch-device", default=d["device"], metavar="DEV",
                    help=f"where scoring and recovery run: cpu, cuda, cuda:N, mps or auto (default {d['device']}); "
                         "the output is the same model on the CPU")
+
+
+def _beta(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: pass a number or auto") from None
 
 
 def config_from_args(args: argparse.Namespace):

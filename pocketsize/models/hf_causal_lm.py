@@ -354,7 +354,7 @@ def load_causal_lm(ident: str, cfg, source: str, **kwargs: Any):
 
         loaded.tokenizer = load_tokenizer(tok_dir)
     except BadInput:
-        loaded.tokenizer = None  # only needed with text data; prune_lm says how to fix it
+        loaded.tokenizer = None  # only needed with text data; the compress task says how to fix it
     loaded.meta["preprocessing"] = lm_io(model)
     return loaded
 
