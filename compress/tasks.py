@@ -12,11 +12,10 @@ modules behind them import on first use, so ``import pocketsize.compress`` stays
 
 from __future__ import annotations
 
-import importlib
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator
 
-from pocketsize.errors import BadInput
+from pocketsize.tasks import task_object
 
 if TYPE_CHECKING:
     import torch
@@ -88,8 +87,4 @@ _TASKS = {  # model task -> "module:class" in this package, imported on first us
 
 
 def task_for(name: str) -> CompressTask:
-    if name not in _TASKS:
-        raise BadInput(f"pocketsize compress handles {', '.join(_TASKS)} models, not {name!r}; "
-                       "pass an image classifier or a causal language model")
-    mod, cls = _TASKS[name].split(":")
-    return getattr(importlib.import_module(f"{__package__}.{mod}"), cls)()
+    return task_object(_TASKS, name, __package__, "compress")

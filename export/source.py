@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from pocketsize.errors import BadInput, PocketsizeError
+from pocketsize.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def resolve(obj: Any) -> Source:
     else:
         raise BadInput(f"cannot export a {type(obj).__name__}; pass a model directory, a MODEL spec, "
                        "a loaded model or an nn.Module")
-    if src.task not in ("image-classification", "causal-lm"):
+    if src.task not in TASKS:
         raise BadInput(f"{src.name} is a {src.task} model; pocketsize export handles image classifiers "
                        "and causal language models")
     if src.task == "causal-lm" and src.loaded is None:

@@ -12,12 +12,11 @@ first use.
 from __future__ import annotations
 
 import contextlib
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager
 
-from pocketsize.errors import BadInput
+from pocketsize.tasks import task_object
 
 
 @dataclass
@@ -46,8 +45,4 @@ _TASKS = {  # model task -> "module:class" in this package, imported on first us
 
 
 def task_for(name: str) -> ExportTask:
-    if name not in _TASKS:
-        raise BadInput(f"pocketsize export handles {', '.join(_TASKS)} models, not {name!r}; "
-                       "pass an image classifier or a causal language model")
-    mod, cls = _TASKS[name].split(":")
-    return getattr(importlib.import_module(f"{__package__}.{mod}"), cls)()
+    return task_object(_TASKS, name, __package__, "export")

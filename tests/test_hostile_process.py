@@ -383,3 +383,57 @@ def test_outputs_are_world_readable_under_umask_022(tmp_path):
     assert mode(tmp_path / "loose.json") == 0o644
     assert mode(tmp_path / "p") == 0o700 and mode(tmp_path / "p" / "summary.json") == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loose.json", "o", "p"]
+
+
+# --- pocketsize run end to end: SIGTERM while its bench runs ---------------------------------
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc")
+def test_sigterm_mid_run_leaves_nothing(tmp_path, image_folder):
+    """``pocketsize run`` (compress, export, bench in one command) stopped by SIGTERM
+    while its benchmark runner measures: exit 143, no --out, no .partial-*, no temp
+    folder of ours, no runner left; what the user had beside --out is untouched."""
+    pytest.importorskip("onnxruntime")
+    from conftest import build_tiny_vit
+    from timm.models import save_for_hf
+
+    model = tmp_path / "model"
+    model.mkdir()
+    save_for_hf(build_tiny_vit("timm", num_classes=3), model, safe_serialization=True)
+    outs = tmp_path / "outs"
+    outs.mkdir()
+    (outs / "keep.txt").write_text("the user's")
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmpdir)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pocketsize", "-q", "run", str(model), "--data", str(image_folder), "--ratio", "0.6",
+         "--steps", "1", "--recovery-steps", "1", "--to", "onnx", "--parity-samples", "2", "--device", "local",
+         "--warmup", "0", "--iterations", "100000000", "--min-duration", "600", "--out", str(outs / "o")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not _procs_mentioning(str(tmpdir)) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()
+        assert _procs_mentioning(str(tmpdir)), "the bench runner never started"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for _ in range(50):
+        if not _procs_mentioning(str(tmpdir)):
+            break
+        time.sleep(0.1)
+    leftover = _procs_mentioning(str(tmpdir))
+    for pid in leftover:
+        os.kill(pid, signal.SIGKILL)
+    err = err.decode()
+    assert not leftover, "runner process left running"
+    assert proc.returncode == 128 + signal.SIGTERM, err[-800:]
+    assert "terminated by SIGTERM" in err, err[-800:]
+    assert sorted(p.name for p in outs.iterdir()) == ["keep.txt"]
+    assert [p for p in tmpdir.iterdir() if (p.is_dir() and not p.name.startswith("torchinductor_"))
+            or "pocketsize" in p.name] == []
