@@ -84,13 +84,13 @@ class ExportConfig:
                                "images per class; for a language model a .txt file or folder)")
             object.__setattr__(self, "data", str(data))
         if int(self.parity_samples) < 1:
-            raise BadInput(f"parity_samples={self.parity_samples}: check at least 1 input")
+            raise BadInput(f"--parity-samples {self.parity_samples}: check at least 1 input")
         if int(self.calib_samples) < 1:
-            raise BadInput(f"calib_samples={self.calib_samples}: calibrate on at least 1 input")
+            raise BadInput(f"--calib-samples {self.calib_samples}: calibrate on at least 1 input")
         if not 13 <= int(self.onnx_opset) <= 23:
             raise BadInput(f"onnx_opset={self.onnx_opset}: use an opset between 13 and 23 (default 18)")
         if not _COREML_TARGET.match(str(self.coreml_target)):
-            raise BadInput(f"coreml_target={self.coreml_target!r}: use a name like iOS17, iOS18 or macOS14")
+            raise BadInput(f"--coreml-target {self.coreml_target!r}: use a name like iOS17, iOS18 or macOS14")
         if self.coreml_precision not in ("fp16", "fp32"):
             raise BadInput(f"coreml_precision={self.coreml_precision!r}: use fp16 or fp32")
         if int(self.lm_new_tokens) < 1 or int(self.lm_prompt_tokens) < 1:

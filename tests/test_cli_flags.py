@@ -168,6 +168,7 @@ def test_lm_defaults_match_the_text_module():
 @pytest.mark.parametrize("flags, named", [
     (["--hei-score", "vibes"], "--hei-score"),
     (["--hei-beta", "nan"], "--hei-beta"),
+    (["--hei-beta", "strong"], "--hei-beta"),
     (["--image-size", "0"], "--image-size"),
     (["--method", "magnitude", "--hei-beta", "0.5"], "--hei-beta"),
 ])
@@ -185,7 +186,8 @@ def test_bad_compress_option_is_exit_2_naming_the_flag(verb, flags, named, tmp_p
 
 @pytest.mark.parametrize("flags, named", [
     (["--threads", "0"], "--threads"), (["--timeout", "0"], "--timeout"), (["--to", "nope"], "nope"),
-    (["--coreml-target", "android"], "coreml_target"), (["--parity-samples", "0"], "parity_samples"),
+    (["--coreml-target", "android"], "--coreml-target"), (["--parity-samples", "0"], "--parity-samples"),
+    (["--calib-samples", "0"], "--calib-samples"),
 ])
 def test_bad_export_or_bench_option_through_run_is_exit_2_before_compress(flags, named, tmp_path, monkeypatch,
                                                                          capsys):
