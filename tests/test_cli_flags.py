@@ -130,7 +130,8 @@ def test_nested_options_round_trip_through_json():
     cfg = PruneConfig(ratio=0.35, seed=7, image_size=96, uniform=True, hei=HeiOptions(beta=0.6, score="cond"),
                       lm=LMOptions(seq_len=32, batch_size=4, nll_tolerance=0.25, lr=1e-4))
     d = json.loads(json.dumps(cfg.to_dict()))
-    assert d["hei"] == {"beta": 0.6, "score": "cond"} and d["lm"]["seq_len"] == 32 and "extra" not in d
+    assert d["hei"] == {"beta": 0.6, "betas": [0.3, 0.0, 1.0], "score": "cond"} and d["lm"]["seq_len"] == 32
+    assert "extra" not in d
     back = PruneConfig.from_dict(d)
     assert back == cfg and isinstance(back.hei, HeiOptions) and isinstance(back.lm, LMOptions)
     # PruneConfig(**to_dict()) (experiments pass the dict through worker processes) too
