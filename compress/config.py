@@ -92,13 +92,13 @@ class LMOptions:
 
     def __post_init__(self) -> None:
         if not _whole(self.seq_len, 2):
-            raise BadInput(f"PruneConfig(lm.seq_len={self.seq_len!r}): pass a whole number of tokens >= 2")
+            raise BadInput(f"--lm-seq-len {self.seq_len!r}: pass a whole number of tokens >= 2")
         if not _whole(self.batch_size, 1):
-            raise BadInput(f"PruneConfig(lm.batch_size={self.batch_size!r}): pass a whole number >= 1")
+            raise BadInput(f"--lm-batch-size {self.batch_size!r}: pass a whole number >= 1")
         if not _number(self.nll_tolerance) or self.nll_tolerance < 0:
-            raise BadInput(f"PruneConfig(lm.nll_tolerance={self.nll_tolerance!r}): pass a finite number >= 0")
+            raise BadInput(f"--lm-nll-tolerance {self.nll_tolerance!r}: pass a finite number >= 0")
         if not _number(self.lr) or self.lr <= 0:
-            raise BadInput(f"PruneConfig(lm.lr={self.lr!r}): pass a finite learning rate > 0")
+            raise BadInput(f"--lm-lr {self.lr!r}: pass a finite learning rate > 0")
 
     @classmethod
     def from_dict(cls, d: Any) -> "LMOptions":

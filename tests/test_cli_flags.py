@@ -149,8 +149,8 @@ def test_nested_options_round_trip_through_json():
     ({"hei": {"beta": float("nan")}}, "--hei-beta"),
     ({"image_size": 0}, "--image-size 0"),
     ({"uniform": "yes"}, "--uniform"),
-    ({"lm": {"seq_len": 1}}, r"lm.seq_len"),
-    ({"lm": {"lr": 0}}, r"lm.lr"),
+    ({"lm": {"seq_len": 1}}, r"--lm-seq-len"),
+    ({"lm": {"lr": 0}}, r"--lm-lr"),
 ])
 def test_bad_nested_options_are_bad_input(d, match):
     with pytest.raises(BadInput, match=match):
@@ -170,6 +170,8 @@ def test_lm_defaults_match_the_text_module():
     (["--hei-score", "vibes"], "--hei-score"),
     (["--hei-beta", "nan"], "--hei-beta"),
     (["--hei-beta", "strong"], "--hei-beta"),
+    (["--lm-seq-len", "1"], "--lm-seq-len"),
+    (["--lm-lr", "0"], "--lm-lr"),
     (["--image-size", "0"], "--image-size"),
     (["--method", "magnitude", "--hei-beta", "0.5"], "--hei-beta"),
 ])
@@ -213,3 +215,15 @@ def test_pipeline_keeps_its_keywords_and_refuses_a_conflicting_export_config(tmp
                      export_config=ExportConfig(targets=("onnx",)))
     with pytest.raises(BadInput):  # the old positional form still validates --to before compress
         pipeline.run("timm:whatever", str(tmp_path), tmp_path / "o", None, ("nope",), "none", "local")
+
+
+def test_lm_flags_reach_the_config():
+    from pocketsize.cli.compress import config_from_args
+
+    args = build_parser().parse_args(["compress", "m", "--data", "d", "--out", "o", "--lm-seq-len", "64",
+                                      "--lm-batch-size", "2", "--lm-nll-tolerance", "0.25", "--lm-lr", "1e-4",
+                                      "--hei-beta", "auto"])
+    cfg = config_from_args(args)
+    assert cfg.lm == LMOptions(seq_len=64, batch_size=2, nll_tolerance=0.25, lr=1e-4)
+    assert cfg.hei.beta == "auto" and cfg.hei.auto
+    assert config_from_args(build_parser().parse_args(["compress", "m", "--data", "d", "--out", "o"])).lm == LMOptions()

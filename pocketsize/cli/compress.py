@@ -65,6 +65,16 @@ def add_prune_args(p: argparse.ArgumentParser, methods) -> None:
     p.add_argument("--hei-score", default=None, metavar="NAME",
                    help=f"--method hei: entropy-increase estimator, one of {', '.join(HEI_SCORES)} "
                         f"(default {d['hei'].score})")
+    lm = d["lm"]
+    p.add_argument("--lm-seq-len", type=int, default=None, metavar="T",
+                   help=f"language models: tokens per text chunk (default {lm.seq_len})")
+    p.add_argument("--lm-batch-size", type=int, default=None, metavar="N",
+                   help=f"language models: sequences per recovery step (default {lm.batch_size})")
+    p.add_argument("--lm-nll-tolerance", type=float, default=None, metavar="NATS",
+                   help=f"language models: undo a pruning step that raises validation NLL by more "
+                        f"(default {lm.nll_tolerance})")
+    p.add_argument("--lm-lr", type=float, default=None, metavar="LR",
+                   help=f"language models: recovery learning rate (default {lm.lr})")
     p.add_argument("--plan", default=None, metavar="PLAN.json",
                    help="apply the per-block allocation recorded in another run's plan.json (same MODEL); "
                         "this user's data still picks which heads and channels fill it")
@@ -82,7 +92,7 @@ def _beta(text: str) -> float | str:
 
 
 def config_from_args(args: argparse.Namespace):
-    from pocketsize.compress.config import HeiOptions, PruneConfig
+    from pocketsize.compress.config import HeiOptions, LMOptions, PruneConfig
     from pocketsize.errors import BadInput
 
     kw = {"ratio": args.ratio, "method": args.method, "seed": args.seed, "buffer": not args.no_buffer}
@@ -109,6 +119,10 @@ def config_from_args(args: argparse.Namespace):
             given = " and ".join(f"--hei-{k}" for k in hei)
             raise BadInput(f"{given} only apply to --method hei (this run uses --method {args.method})")
         kw["hei"] = HeiOptions(**hei)
+    lm = {k: v for k in ("seq_len", "batch_size", "nll_tolerance", "lr")
+          if (v := getattr(args, f"lm_{k}")) is not None}
+    if lm:
+        kw["lm"] = LMOptions(**lm)
     return PruneConfig(**kw)
 
 
