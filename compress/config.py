@@ -9,7 +9,7 @@ from typing import Any
 
 from pocketsize.errors import BadInput
 
-CONFIG_VERSION = 3  # 2: the free-form ``extra`` dict became image_size, uniform, hei and lm; 3: hei.beta "auto", hei.betas
+CONFIG_VERSION = 3  # 2: the free-form ``extra`` dict became image_size, uniform, hei and lm; 3: hei.beta "auto", hei.betas, finetuned_reference
 
 HEI_SCORES = ("loss", "cond", "pred")
 
@@ -146,6 +146,9 @@ class PruneConfig:
     # fitting a head for the user's classes
     probe_epochs: int = 30
     finetune_steps: int = 0
+    # the unpruned model trained with the same recovery recipe and budget on the same
+    # user data, evaluated beside the pruned one (report "references.finetuned")
+    finetuned_reference: bool = True
     # where the pruning math runs; the result always comes back on the CPU
     device: str = "cpu"             # "cpu", "cuda", "cuda:N", "mps" or "auto"
     # --plan: a recorded allocation (transplant.Allocation.to_dict()) that replaces

@@ -57,8 +57,9 @@ def prune(model: Loaded | str, data: Any, config: PruneConfig | None = None,
                  before)
         teacher = copy.deepcopy(loaded) if cfg.distill else None
         touched.append(teacher.model if teacher is not None else loaded.model)
-        run = buffered_steps(loaded, task.step_task(loaded, teacher, data, generic, cfg, progress), run_cfg,
-                             params_before, val_before)
+        steps = task.step_task(loaded, teacher, data, generic, cfg, progress)
+        finetuned = _finetuned_reference(loaded, steps, task, data, cfg, touched)
+        run = buffered_steps(loaded, steps, run_cfg, params_before, val_before)
         touched.append(run.loaded.model)
         pruned = run.loaded
         params_after = count_params(pruned.model)
@@ -75,12 +76,28 @@ def prune(model: Loaded | str, data: Any, config: PruneConfig | None = None,
         "params_before": params_before, "params_after": params_after, "params_ratio": kept,
         "macs_before": macs_before, "macs_after": macs_after,
         "metric": task.metric, "before": before, "after": after,
+        "references": {"base": before, "finetuned": finetuned},
         "val_before": val_before, "val_after": run.metric,
         "steps": run.steps, "personalization": fit, "data": data.summary(),
         "config": cfg.to_dict(), "seconds": round(time.time() - t0, 2),
     }
     task.finish(pruned, data, cfg, plan, report)
     return Pruned(pruned, plan, report, teacher, data)
+
+
+def _finetuned_reference(loaded: Loaded, steps: StepTask, task: CompressTask, data: Any, cfg: PruneConfig,
+                         touched: list) -> float | None:
+    """Held-out metric of the *unpruned* model after the same recovery recipe and
+    budget on the same user data: what the user would get without pruning.
+    None when switched off (``--no-finetuned-reference``)."""
+    if not cfg.finetuned_reference:
+        return None
+    ref = copy.deepcopy(loaded)
+    touched.append(ref.model)
+    steps.recover(ref, cfg.recovery_steps, cfg.seed + 100, "fine-tuned reference")
+    value = task.evaluate(ref, data.test)
+    log.info("fine-tuned unpruned reference: held-out %s %.4f", task.metric, value)
+    return value
 
 
 def _check_reachable(loaded: Loaded, cfg: PruneConfig, params_before: int, task: CompressTask) -> None:

@@ -383,7 +383,8 @@ def main(argv=None) -> int:
     rows_file = out.with_suffix(".jsonl")
     rows = [json.loads(l) for l in rows_file.read_text().splitlines()] if ((args.resume or args.render_only) and rows_file.exists()) else []
     done = {_key(r) for r in rows}
-    base = compress.PruneConfig(recovery_steps=args.recovery_steps, device=args.torch_device)
+    base = compress.PruneConfig(recovery_steps=args.recovery_steps, device=args.torch_device,
+                                finetuned_reference=False)  # the suites compare methods, not the reference
     if args.quick:
         base = replace(base, calib_samples=16, probe_epochs=5, steps=2)
     base_d = {k: v for k, v in base.to_dict().items() if k != "version"}

@@ -400,7 +400,7 @@ def main(argv=None) -> int:
     if args.render_only:
         out.write_text(render(rows))
         return 0
-    base = compress.PruneConfig(recovery_steps=args.recovery_steps, device=args.torch_device,
+    base = compress.PruneConfig(recovery_steps=args.recovery_steps, device=args.torch_device, finetuned_reference=False,
                                 buffer=not args.no_buffer)
     if args.quick:
         base = replace(base, calib_samples=8, probe_epochs=3, steps=2)

@@ -96,7 +96,7 @@ def summarize(report: dict[str, Any], results: Any, seconds: float) -> dict[str,
     speedup = {fmt: p50[("original", fmt)] / p50[("compressed", fmt)]
                for (v, fmt) in p50 if v == "original" and ("compressed", fmt) in p50 and p50[("compressed", fmt)] > 0}
     return {"params_ratio": report["params_ratio"], "metric": report["metric"], "before": report["before"],
-            "after": report["after"], "params_before": report["params_before"], "params_after": report["params_after"],
+            "after": report["after"], "references": report.get("references"), "params_before": report["params_before"], "params_after": report["params_after"],
             "p50_ms": {f"{v}/{f}": ms for (v, f), ms in sorted(p50.items())},
             "speedup": speedup, "seconds": round(seconds, 1)}
 
@@ -121,7 +121,8 @@ def summarize_lm(report: dict[str, Any], results: Any, export_dir: Path) -> dict
             "status": r.status, "prefill_tokens_per_s": r.prefill_tokens_per_s,
             "decode_tokens_per_s": r.decode_tokens_per_s, "ttft_ms": r.ttft_ms,
             "peak_rss_mb": r.peak_rss_mb, "perplexity": r.perplexity, "error": r.error}
-    return {"perplexity": {"before": report["before"], "after": report["after"], "split": "held-out"},
+    return {"perplexity": {"before": report["before"], "after": report["after"], "split": "held-out",
+                           "references": report.get("references")},
             "parity": parity, "tokens_per_s": speed}
 
 

@@ -255,3 +255,30 @@ def test_hei_auto_beta_records_its_choice_and_hits_the_ratio(tiny_vit, data):
         best = min(auto["validation_harm"])
         assert s["planner"]["beta"] == auto["tried"][auto["validation_harm"].index(best)]
     assert json.loads(json.dumps(pruned.report["config"]))["hei"]["beta"] == "auto"
+
+
+def test_references_are_the_base_and_the_unpruned_model_after_the_same_recovery(tiny_vit, data, monkeypatch):
+    """references.finetuned is the *unpruned* model trained with the whole recovery
+    budget of the run (same recipe), evaluated on the same held-out split; off, it is null."""
+    from pocketsize.compress import train
+
+    calls = []
+    real = train.recover
+
+    def spy(student, teacher, split, steps, *a, **k):
+        calls.append((count_params(student.model), steps, k.get("stage")))
+        return real(student, teacher, split, steps, *a, **k)
+
+    monkeypatch.setattr(train, "recover", spy)
+    loaded = _loaded(tiny_vit)
+    n = None
+    pruned = prune(loaded, data, dataclasses.replace(FAST, recovery_steps=4))
+    n = pruned.report["params_before"]
+    refs = pruned.report["references"]
+    assert refs["base"] == pruned.report["before"] and 0.0 <= refs["finetuned"] <= 1.0
+    assert (n, 4, "fine-tuned reference") in calls  # the whole budget, on the unpruned model
+    assert count_params(loaded.model) == n  # the caller's model was not trained or cut
+    calls.clear()
+    off = prune(_loaded(tiny_vit), data, dataclasses.replace(FAST, finetuned_reference=False))
+    assert off.report["references"] == {"base": off.report["before"], "finetuned": None}
+    assert all(stage != "fine-tuned reference" for _, _, stage in calls)

@@ -107,6 +107,9 @@ def test_prune_leaves_callers_model_stock(corpus):
     assert type(loaded.model.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
     assert type(p.loaded.model.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
     assert sum(x.numel() for x in loaded.model.parameters()) == n
+    # the fine-tuned unpruned reference ran on a copy and reports a perplexity beside the base one
+    refs = p.report["references"]
+    assert refs["base"] == p.report["before"] and math.isfinite(refs["finetuned"]) and refs["finetuned"] > 1
 
 
 def test_gpt2_linear_swap_roundtrip(corpus):

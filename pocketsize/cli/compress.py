@@ -53,6 +53,9 @@ def add_prune_args(p: argparse.ArgumentParser, methods) -> None:
                         f"ignore it and recover at LMOptions.lr {d['lm'].lr:g})")
     p.add_argument("--no-refit-head", action="store_true",
                    help="do not re-fit the linear head on the pruned features after each step")
+    p.add_argument("--no-finetuned-reference", action="store_true",
+                   help="skip the reference run (the unpruned model trained with the same recovery budget on "
+                        "the same data; reported beside the pruned model) to save time")
     p.add_argument("--image-size", type=int, default=None, help="input resolution (default: the model's)")
     p.add_argument("--generic", default=None,
                    help="optional generic reference data for the personal/common contrast")
@@ -104,6 +107,8 @@ def config_from_args(args: argparse.Namespace):
         kw["lr"] = args.lr
     if args.no_refit_head:
         kw["refit_head"] = False
+    if args.no_finetuned_reference:
+        kw["finetuned_reference"] = False
     if args.torch_device:
         kw["device"] = args.torch_device
     if args.plan:
