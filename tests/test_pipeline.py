@@ -31,5 +31,6 @@ def test_run_writes_every_stage_and_a_summary(tiny_vit, image_folder, tmp_path, 
     summary = json.loads((out / "summary.json").read_text())
     assert abs(summary["params_ratio"] - 0.6) <= 0.01 and summary["metric"] == "accuracy"
     assert summary["speedup"]["onnx"] > 0
+    assert summary["references"]["base"] == summary["before"] and 0 <= summary["references"]["finetuned"] <= 1
     variants = {r["variant"] for r in json.loads((out / "bench/results.json").read_text())["results"]}
     assert variants == {"original", "compressed"}

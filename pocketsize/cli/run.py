@@ -67,6 +67,10 @@ def print_table(summary: dict[str, Any], results: dict[str, Any], out: Path) -> 
     sp = ", ".join(f"{k} {v:.2f}x" for k, v in summary["speedup"].items()) or "n/a"
     print(f"\n{summary['metric']} {summary['before']:.4f} -> {summary['after']:.4f}, params x{summary['params_ratio']:.3f}, "
           f"speedup (p50 original/compressed): {sp}, {summary['seconds']:.0f} s", file=sys.stderr)
+    ft = (summary.get("references") or {}).get("finetuned")
+    if ft is not None:
+        print(f"unpruned model with the same recovery budget (references.finetuned): {summary['metric']} {ft:.4f}",
+              file=sys.stderr)
     for key, sp_ in (summary.get("llm") or {}).get("tokens_per_s", {}).items():
         par = summary["llm"]["parity"].get(key) or {}
         print(f"{key}: decode {_num(sp_['decode_tokens_per_s'])} tok/s, prefill {_num(sp_['prefill_tokens_per_s'])} "
