@@ -74,7 +74,8 @@ def run(model: Any, data: str, out: str | Path, prune_config=None, to: tuple[str
 
                 if not isinstance(e, ParityError):
                     raise
-                parity_errors.append(str(e))
+                # name the folder the user will have, not the temporary one being written
+                parity_errors.append(str(e).replace(str(tmp), str(out)))
         log.info("stage 3/3: bench on %s", device)
         results = benchmarks.run(tmp / "export", device=device, config=bench_cfg, data=pruned.data,
                                  out_dir=tmp / "bench")
@@ -90,14 +91,18 @@ def summarize(report: dict[str, Any], results: Any, seconds: float) -> dict[str,
     from pocketsize.benchmarks.results import Results
 
     p50: dict[tuple[str, str], float] = {}
+    quant: dict[tuple[str, str], str] = {}
     for r in Results.of(results).results:
-        if r.ok and r.quantize in ("none", None):
-            p50[(r.variant, r.format)] = r.latency_ms["p50"]
+        key = (r.variant, r.format)
+        # one precision per run (--quantize); fp32 wins if a results file holds several
+        if r.ok and (key not in p50 or r.quantize in ("none", None)):
+            p50[key], quant[key] = r.latency_ms["p50"], r.quantize or "none"
     speedup = {fmt: p50[("original", fmt)] / p50[("compressed", fmt)]
                for (v, fmt) in p50 if v == "original" and ("compressed", fmt) in p50 and p50[("compressed", fmt)] > 0}
     return {"params_ratio": report["params_ratio"], "metric": report["metric"], "before": report["before"],
             "after": report["after"], "references": report.get("references"), "params_before": report["params_before"], "params_after": report["params_after"],
             "p50_ms": {f"{v}/{f}": ms for (v, f), ms in sorted(p50.items())},
+            "quantize": sorted(set(quant.values())),
             "speedup": speedup, "seconds": round(seconds, 1)}
 
 

@@ -34,3 +34,52 @@ def test_run_writes_every_stage_and_a_summary(tiny_vit, image_folder, tmp_path, 
     assert summary["references"]["base"] == summary["before"] and 0 <= summary["references"]["finetuned"] <= 1
     variants = {r["variant"] for r in json.loads((out / "bench/results.json").read_text())["results"]}
     assert variants == {"original", "compressed"}
+
+
+def test_parity_failure_keeps_the_measured_numbers_and_names_real_paths(tiny_vit, image_folder, tmp_path,
+                                                                        monkeypatch):
+    """A failing parity check (forced: the comparison is told to fail) is reported in
+    summary.json with the folder the user has, never the temporary .partial-* one, and
+    the benchmark's p50 and speedup are still there, flagged by parity_errors."""
+    from timm.models import save_for_hf
+
+    from pocketsize import pipeline
+    from pocketsize.benchmarks import BenchConfig
+    from pocketsize.compress import PruneConfig
+    from pocketsize.export import parity
+
+    real = parity.compare
+
+    def failing(*a, **k):
+        rec = real(*a, **k)
+        return {**rec, "passed": False, "reason": "forced by the test"}
+
+    monkeypatch.setattr(parity, "compare", failing)
+    src = tmp_path / "vit"
+    save_for_hf(tiny_vit("timm", num_classes=2), src, safe_serialization=True)
+    out = tmp_path / "run"
+    summary = pipeline.run(str(src), str(image_folder), out, PruneConfig(ratio=0.6, recovery_steps=1, steps=1,
+                                                                          finetuned_reference=False),
+                           to=["onnx"], device="local", bench_config=BenchConfig(warmup=1, iterations=3))
+    assert len(summary["parity_errors"]) == 2 and all("forced by the test" in e for e in summary["parity_errors"])
+    assert all(".partial-" not in e and str(out) in e for e in summary["parity_errors"]), summary["parity_errors"]
+    assert summary["speedup"]["onnx"] > 0 and set(summary["p50_ms"]) == {"original/onnx", "compressed/onnx"}
+    assert json.loads((out / "summary.json").read_text())["parity_errors"] == summary["parity_errors"]
+
+
+def test_int8_run_reports_its_p50_and_speedup(tiny_vit, image_folder, tmp_path):
+    """--quantize int8: both variants are measured at int8 and summary.json keeps their
+    p50 and speedup (it used to keep fp32 rows only, and dropped them all)."""
+    from timm.models import save_for_hf
+
+    from pocketsize import pipeline
+    from pocketsize.benchmarks import BenchConfig
+    from pocketsize.compress import PruneConfig
+
+    src = tmp_path / "vit"
+    save_for_hf(tiny_vit("timm", num_classes=2), src, safe_serialization=True)
+    summary = pipeline.run(str(src), str(image_folder), tmp_path / "run",
+                           PruneConfig(ratio=0.6, recovery_steps=1, steps=1, finetuned_reference=False),
+                           to=["onnx"], quantize="int8", device="local", bench_config=BenchConfig(warmup=1, iterations=3))
+    assert summary["quantize"] == ["int8"] and summary["speedup"]["onnx"] > 0
+    assert set(summary["p50_ms"]) == {"original/onnx", "compressed/onnx"}
