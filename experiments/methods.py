@@ -338,7 +338,8 @@ def _key(r: dict) -> tuple:
     return (r["subset"], r["seed"], r["method"], r["ratio"], r["buffer"])
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The suite's arguments (``--quick`` applied); ``main`` runs them."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="markdown file to write (rows go to OUT.jsonl beside it)")
     p.add_argument("--quick", action="store_true", help="1 subset, 1 seed, 3 methods, ratio 0.5, short recovery")
@@ -373,7 +374,11 @@ def main(argv=None) -> int:
         args.methods, args.recovery_steps = "hei,activation,random", 4
         args.llm_seeds, args.llm_ratios, args.llm_corpora, args.llm_recovery_steps = 1, "0.7", 1, 2
         args.llm_methods = "hei,activation"
+    return args
 
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     import os
 
     from pocketsize import compress

@@ -107,3 +107,22 @@ def test_personal_suite_quick(tmp_path: Path):
         assert r["allocation"]["heads"] == own[(r["donor"], r["seed"])]["allocation"]["heads"]
     text = out.read_text()
     assert "own - transplant" in text and "own - donor's units" in text and "Allocation strength" in text
+
+
+def test_docs_pages_are_what_their_rows_render():
+    """docs/results.md, docs/personalization.md and the generated blocks of docs/method.md
+    come from the .jsonl rows (python -m experiments.docs): nothing typed by hand."""
+    from experiments import docs
+
+    assert docs.main(["--check"]) == 0
+
+
+def test_method_blocks_are_rendered_and_unknown_ones_refused():
+    from experiments import docs
+
+    text = "intro\n<!-- generated: personal-cut -->\nstale table\n<!-- end generated -->\noutro\n"
+    out = docs.render_method(text)
+    assert out.startswith("intro\n<!-- generated: personal-cut -->\n") and out.endswith("<!-- end generated -->\noutro\n")
+    assert "stale table" not in out
+    with pytest.raises(SystemExit, match="unknown generated block 'nope'"):
+        docs.render_method("<!-- generated: nope -->\nx\n<!-- end generated -->\n")
