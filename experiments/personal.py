@@ -360,7 +360,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-buffer", action="store_true", help="one-shot pruning (with --recovery-steps 0: the plans "
                    "judged at the cut, after the head re-fit, before any recovery)")
     p.add_argument("--torch-device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (each builds its own users)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per worker (default: cores / jobs)")
     p.add_argument("--variants", default=",".join(VARIANTS[1:]),
                    help="controls to run beside own (donor-units only with --no-buffer --recovery-steps 0)")
     p.add_argument("--beta", default=None, help="hei's allocation strengths, comma-separated numbers or auto "
@@ -391,7 +392,7 @@ def main(argv=None) -> int:
 
     from pocketsize import compress
 
-    args.threads = args.threads or (os.cpu_count() or 1)
+    args.threads = args.threads or max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows_file = out.with_suffix(".jsonl")
@@ -410,16 +411,26 @@ def main(argv=None) -> int:
 
     def run(jobs: list[dict]) -> None:
         done = {_key(r) for r in rows}
-        for job in jobs:
-            if _key(job) in done:
-                continue
-            row = prune_row(job)
-            rows.append(row)
-            with rows_file.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(f"{row['stage']} {row['user']} seed {row['seed']} {row['method']:<11} keep {row['ratio']:.2f}: "
-                  f"{row['before']:.4f} -> {row['after']:.4f} ({row['seconds']} s)", file=sys.stderr, flush=True)
-            out.write_text(render(rows))
+        todo = [j for j in jobs if _key(j) not in done]
+        if args.jobs > 1 and todo:  # worker processes (a GPU: --torch-device cuda --jobs 12)
+            import multiprocessing as mp
+
+            from experiments.personal import prune_row as job_fn  # by module name: spawn workers import it
+
+            with mp.get_context("spawn").Pool(args.jobs) as pool:
+                for row in pool.imap_unordered(job_fn, todo):
+                    finished(row)
+        else:
+            for job in todo:
+                finished(prune_row(job))
+
+    def finished(row: dict) -> None:
+        rows.append(row)
+        with rows_file.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{row['stage']} {row['user']} seed {row['seed']} {row['method']:<11} keep {row['ratio']:.2f}: "
+              f"{row['before']:.4f} -> {row['after']:.4f} ({row['seconds']} s)", file=sys.stderr, flush=True)
+        out.write_text(render(rows))
 
     if args.stage in ("plans", "all"):
         run(plan_jobs(args, base_d))
