@@ -316,7 +316,7 @@ def test_parity_failure_raises_after_writing(tmp_path):
     (dict(targets=""), "--to is empty"),
     (dict(quantize="int4"), "--quantize"),
     (dict(data="/nonexistent/data"), "--data"),
-    (dict(parity_samples=0), "parity_samples"),
+    (dict(parity_samples=0), "--parity-samples"),
     (dict(coreml_target="android"), "iOS17"),
 ])
 def test_bad_config(kwargs, needle):
