@@ -149,10 +149,14 @@ def t_interval(diffs: list[float], level: float = 0.95) -> tuple[float, float, f
     return m, m - half, m + half
 
 
-def verdict(ci: tuple[float, float, float] | None) -> str:
+MIN_SEEDS = 5  # a comparison with fewer paired seeds is shown, never called better or worse
+
+
+def verdict(ci: tuple[float, float, float] | None, n: int = MIN_SEEDS) -> str:
     if ci is None:
         return "n < 2: no interval"
-    return "better" if ci[1] > 0 else "worse" if ci[2] < 0 else "no difference shown"
+    word = "better" if ci[1] > 0 else "worse" if ci[2] < 0 else "no difference shown"
+    return word if n >= MIN_SEEDS or word == "no difference shown" else f"n={n} < {MIN_SEEDS}: no verdict"
 
 
 def distance(a: dict, b: dict) -> float:
@@ -234,9 +238,10 @@ def render_strengths(rows: list[dict], stage: str = "cut") -> list[str]:
                     for b in betas}
 
             def gap(b) -> str:
-                ci = t_interval([cell[b][s] - cell[0.0][s] for s in sorted(set(cell[b]) & set(cell[0.0]))])
+                d = [cell[b][s] - cell[0.0][s] for s in sorted(set(cell[b]) & set(cell[0.0]))]
+                ci = t_interval(d)
                 return "-" if ci is None else (f"{ci[0] * 100:+.1f} [{ci[1] * 100:+.1f}, {ci[2] * 100:+.1f}] "
-                                               f"{verdict(ci)}")
+                                               f"{verdict(ci, len(d))}")
 
             means = [f"{statistics.mean(cell[b].values()) * 100:.1f} (n={len(cell[b])})" if cell[b] else "-"
                      for b in betas]
@@ -308,10 +313,11 @@ def _render_controls(ctl: list[dict], stage: str, beta: float | str) -> list[str
             own = cell("own")
 
             def gap(other: dict) -> str:
-                ci = t_interval([own[s] - other[s] for s in sorted(set(own) & set(other))])
+                d = [own[s] - other[s] for s in sorted(set(own) & set(other))]
+                ci = t_interval(d)
                 if ci is None:
                     return "-"
-                return f"{ci[0] * 100:+.1f} [{ci[1] * 100:+.1f}, {ci[2] * 100:+.1f}] {verdict(ci)}"
+                return f"{ci[0] * 100:+.1f} [{ci[1] * 100:+.1f}, {ci[2] * 100:+.1f}] {verdict(ci, len(d))}"
 
             cells = [cell(v) for v in controls]
             lines.append(f"| {u} ({USERS[u].domain}) | {q:.2f} | {_pct(list(own.values()))} | "

@@ -26,6 +26,7 @@ def test_t_interval_and_verdict_only_claim_what_the_interval_shows():
     ci = t_interval([0.06, 0.05, -0.04, 0.05, 0.01])
     assert ci[1] < 0 < ci[2] and verdict(ci) == "no difference shown"
     assert verdict(t_interval([-0.02, -0.03, -0.025])) == "worse"
+    assert verdict(t_interval([-0.02, -0.03, -0.025]), n=3) == "n=3 < 5: no verdict"  # too few seeds to call it
     assert t_interval([0.1]) is None and verdict(None).startswith("n < 2")
     # matches the textbook: n=5, mean 1, sd 1 -> half-width 2.776 / sqrt(5)
     m, lo, hi = t_interval([0.0, 1.0, 2.0, 0.0, 2.0])
@@ -70,7 +71,7 @@ def test_render_reports_distances_and_paired_gaps():
     from experiments.personal import render
 
     rows = []
-    for s in range(3):
+    for s in range(5):
         for u, f in (("A", 0.9), ("D", 0.4)):
             rows.append({"stage": "plans", "user": u, "seed": s, "ratio": 0.5, "method": "own",
                          "allocation": _alloc([f, 1 - f], [f, 1 - f]), "host": "h", "cmd": "c"})
@@ -78,10 +79,14 @@ def test_render_reports_distances_and_paired_gaps():
             rows.append({"stage": "controls", "user": "A", "seed": s, "ratio": 0.5, "method": m, "after": acc,
                          "host": "h", "cmd": "c"})
     text = render(rows)
-    assert "| 0.50 | A vs D | different domains | 50.0 (n=3) |" in text
-    assert "| 0.50 | A: seed vs seed | noise | 0.0 (n=3) |" in text
+    assert "| 0.50 | A vs D | different domains | 50.0 (n=5) |" in text
+    assert "| 0.50 | A: seed vs seed | noise | 0.0 (n=10) |" in text
     line = next(l for l in text.splitlines() if l.startswith("| A (clothing) | 0.50"))
     assert "better" in line.split("|")[6] and "no difference shown" in line.split("|")[7]
+    # the same gap over 3 seeds is shown but not called
+    few = render([r for r in rows if r["seed"] < 3])
+    line = next(l for l in few.splitlines() if l.startswith("| A (clothing) | 0.50"))
+    assert "no verdict" in line.split("|")[6] and "better" not in line
 
 
 @pytest.mark.real
