@@ -199,27 +199,18 @@ def _procs_mentioning(marker: str) -> list[int]:
     return pids
 
 
-@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
-def test_signal_mid_bench_cleans_up(tmp_path, sig):
-    """Fault 3: SIGTERM/SIGHUP behave like Ctrl-C: no .partial-*, no work folder, no runner left."""
-    pytest.importorskip("onnxruntime")
-    art = _tiny_export(tmp_path / "art")
-    outs = tmp_path / "outs"
-    outs.mkdir()
-    tmpdir = tmp_path / "tmp"
-    tmpdir.mkdir()
-    env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONPATH": str(ROOT / "tests")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pocketsize", "-q", "bench", str(art), "--device", "local", "--formats", "onnx",
-         "--warmup", "0", "--iterations", "100000000", "--min-duration", "600", "--out", str(outs / "o")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+def _signal_once_the_runner_runs(argv: list[str], env: dict, tmpdir: Path, sig: int,
+                                 start_s: float) -> tuple[subprocess.Popen, str, list[int]]:
+    """Start ``argv`` in its own session, send ``sig`` once a process mentioning
+    ``tmpdir`` (the bench runner) is up, and return (process, stderr, runner
+    processes still alive). Whatever is left is killed before returning."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + start_s
         while not _procs_mentioning(str(tmpdir)) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert proc.poll() is None, proc.communicate()
-        assert _procs_mentioning(str(tmpdir)), "the runner never started"
+        assert _procs_mentioning(str(tmpdir)), "the bench runner never started"
         time.sleep(0.5)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
@@ -234,12 +225,30 @@ def test_signal_mid_bench_cleans_up(tmp_path, sig):
     leftover = _procs_mentioning(str(tmpdir))
     for pid in leftover:  # never leave them running, even when the test fails
         os.kill(pid, signal.SIGKILL)
+    return proc, err.decode(), leftover
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_signal_mid_bench_cleans_up(tmp_path, sig):
+    """Fault 3: SIGTERM/SIGHUP behave like Ctrl-C: no .partial-*, no work folder, no runner left."""
+    pytest.importorskip("onnxruntime")
+    art = _tiny_export(tmp_path / "art")
+    outs = tmp_path / "outs"
+    outs.mkdir()
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONPATH": str(ROOT / "tests")}
+    proc, err, leftover = _signal_once_the_runner_runs(
+        [sys.executable, "-m", "pocketsize", "-q", "bench", str(art), "--device", "local", "--formats", "onnx",
+         "--warmup", "0", "--iterations", "100000000", "--min-duration", "600", "--out", str(outs / "o")],
+        env, tmpdir, sig, start_s=60)
     assert not leftover, "runner process left running"
-    assert proc.returncode == 128 + sig, err.decode()[-500:]
+    assert proc.returncode == 128 + sig, err[-500:]
     assert sorted(p.name for p in outs.iterdir()) == [], list(outs.iterdir())
     # no folder of ours (onnxruntime's import leaves a small .ses file there; not a folder, not ours)
     assert [p for p in tmpdir.iterdir() if p.is_dir() or "pocketsize" in p.name] == []
-    assert "interrupted" in err.decode() or "terminated" in err.decode()
+    assert "interrupted" in err or "terminated" in err
 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc")
@@ -405,32 +414,11 @@ def test_sigterm_mid_run_leaves_nothing(tmp_path, image_folder):
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     env = {**os.environ, "TMPDIR": str(tmpdir)}
-    proc = subprocess.Popen(
+    proc, err, leftover = _signal_once_the_runner_runs(
         [sys.executable, "-m", "pocketsize", "-q", "run", str(model), "--data", str(image_folder), "--ratio", "0.6",
          "--steps", "1", "--recovery-steps", "1", "--to", "onnx", "--parity-samples", "2", "--device", "local",
          "--warmup", "0", "--iterations", "100000000", "--min-duration", "600", "--out", str(outs / "o")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not _procs_mentioning(str(tmpdir)) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert proc.poll() is None, proc.communicate()
-        assert _procs_mentioning(str(tmpdir)), "the bench runner never started"
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    for _ in range(50):
-        if not _procs_mentioning(str(tmpdir)):
-            break
-        time.sleep(0.1)
-    leftover = _procs_mentioning(str(tmpdir))
-    for pid in leftover:
-        os.kill(pid, signal.SIGKILL)
-    err = err.decode()
+        env, tmpdir, signal.SIGTERM, start_s=300)
     assert not leftover, "runner process left running"
     assert proc.returncode == 128 + signal.SIGTERM, err[-800:]
     assert "terminated by SIGTERM" in err, err[-800:]
