@@ -31,6 +31,12 @@ class Plan:
                 "heads": {str(k): v for k, v in self.heads.items()},
                 "channels": {str(k): v for k, v in self.channels.items()}}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Plan":
+        """The inverse of ``to_dict`` (JSON keys are strings, block indices ints)."""
+        return cls(list(d["keep_blocks"]), {int(k): list(v) for k, v in d["heads"].items()},
+                   {int(k): list(v) for k, v in d["channels"].items()})
+
 
 def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -56,9 +56,10 @@ def prune(model: Loaded | str, data: Any, config: PruneConfig | None = None,
         log.info("%s model before pruning: %d params, held-out %s %.4f", task.name, params_before, task.metric,
                  before)
         teacher = copy.deepcopy(loaded) if cfg.distill else None
-        touched.append(teacher.model if teacher is not None else loaded.model)
+        if teacher is not None:
+            touched.append(teacher.model)
         steps = task.step_task(loaded, teacher, data, generic, cfg, progress)
-        finetuned = _finetuned_reference(loaded, steps, task, data, cfg, touched)
+        finetuned = _finetuned_reference(loaded, steps, task, data, cfg)
         run = buffered_steps(loaded, steps, run_cfg, params_before, val_before)
         touched.append(run.loaded.model)
         pruned = run.loaded
@@ -85,15 +86,15 @@ def prune(model: Loaded | str, data: Any, config: PruneConfig | None = None,
     return Pruned(pruned, plan, report, teacher, data)
 
 
-def _finetuned_reference(loaded: Loaded, steps: StepTask, task: CompressTask, data: Any, cfg: PruneConfig,
-                         touched: list) -> float | None:
+def _finetuned_reference(loaded: Loaded, steps: StepTask, task: CompressTask, data: Any,
+                         cfg: PruneConfig) -> float | None:
     """Held-out metric of the *unpruned* model after the same recovery recipe and
     budget on the same user data: what the user would get without pruning.
-    None when switched off (``--no-finetuned-reference``)."""
+    None when switched off (``--no-finetuned-reference``). The trained copy is
+    only measured, never returned, so it is dropped here, not kept until the run ends."""
     if not cfg.finetuned_reference:
         return None
     ref = copy.deepcopy(loaded)
-    touched.append(ref.model)
     steps.recover(ref, cfg.recovery_steps, cfg.seed + 100, "fine-tuned reference")
     value = task.evaluate(ref, data.test)
     log.info("fine-tuned unpruned reference: held-out %s %.4f", task.metric, value)

@@ -118,24 +118,19 @@ def buffered_steps(loaded: Loaded, task: StepTask, cfg: PruneConfig, params_befo
     while k < len(ratios):
         r = ratios[k]
         x, y, gx = task.calib(g)
-        judged: dict[int, tuple[Loaded, float]] = {}
+        best: dict[str, Any] = {}  # the least harmful cut a planner judged this step (one model copy, not all)
 
-        def cut(plan, k=k, base=loaded, before=current) -> float:
-            # a candidate cut, its head re-fit and its validation harm; kept so the chosen one is not redone
-            candidate = copy.deepcopy(base)
-            apply_plan(candidate, plan)
-            if task.refit is not None:
-                task.refit(candidate, k)
-            val = task.validate(candidate)
-            judged[id(plan)] = (candidate, val)
-            return task.harm(before, val)
+        def judge(plan) -> float:
+            cut = _cut(loaded, plan, task, k)
+            harm = task.harm(current, cut[1])
+            if not best or harm < best["harm"]:
+                best.update(plan=plan, cut=cut, harm=harm)
+            return harm
 
         step = planner(StepContext(loaded, x, y, gx, cfg, seed=cfg.seed + k, original_blocks=list(lineage.blocks),
-                                   judge=cut), r * params_before)
-        if id(step.plan) not in judged:
-            cut(step.plan)
-        candidate, val_pruned = judged.pop(id(step.plan))
-        judged.clear()
+                                   judge=judge), r * params_before)
+        candidate, val_pruned = best["cut"] if best.get("plan") is step.plan else _cut(loaded, step.plan, task, k)
+        best.clear()
         harm = task.harm(current, val_pruned)
         prev = ratios[k - 1] if k else 1.0
         if cfg.buffer and k < len(ratios) - 1 and harm > task.tolerance and k not in split_done:
@@ -163,6 +158,15 @@ def buffered_steps(loaded: Loaded, task: StepTask, cfg: PruneConfig, params_befo
                      "accepted": True, "recovery_steps": recov[k], **({"planner": step.info} if step.info else {})})
         k += 1
     return Stepped(loaded, lineage, log_, scores, kinds, current)
+
+
+def _cut(loaded: Loaded, plan: Any, task: StepTask, k: int) -> tuple[Loaded, float]:
+    """A pruned copy of ``loaded`` (head re-fit when the task has one) and its validation metric."""
+    candidate = copy.deepcopy(loaded)
+    apply_plan(candidate, plan)
+    if task.refit is not None:
+        task.refit(candidate, k)
+    return candidate, task.validate(candidate)
 
 
 def load_generic(loader: Callable[..., Any], path: Any, *args: Any, **kwargs: Any) -> Any:

@@ -15,6 +15,20 @@ def host(device: str) -> str:
     return f"{where}, {os.cpu_count()} cores, torch {torch.__version__}, transformers {transformers.__version__}"
 
 
+def each_row(fn, jobs: list[dict], workers: int):
+    """``fn(job)`` for every job: in ``workers`` spawned processes (rows in the
+    order they finish) when ``workers`` > 1, else here, in order. ``fn`` must be
+    imported by its module name (not from ``__main__``) so the workers can import it."""
+    if workers > 1 and jobs:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(workers) as pool:
+            yield from pool.imap_unordered(fn, jobs)
+    else:
+        for job in jobs:
+            yield fn(job)
+
+
 def weights_sha256(model) -> str:
     """sha256 of the model's weights as a safetensors file (what `save_file` would
     write): names every row's exact weights, rounded copies included."""

@@ -32,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from experiments import llm
-from experiments.common import host, plan_widths, provenance
+from experiments.common import each_row, host, plan_widths, provenance
 
 SUBSETS = {  # Fashion-MNIST classes: two different "users"
     "A (T-shirt/Trouser/Sandal/Boot)": (0, 1, 5, 9),
@@ -424,17 +424,10 @@ def main(argv=None) -> int:
               file=sys.stderr, flush=True)
         out.write_text(render(rows, args))
 
-    if args.jobs > 1 and jobs:
-        import multiprocessing as mp
+    from experiments.methods import run_job as job_fn  # by module name: spawn workers import it
 
-        from experiments.methods import run_job as job_fn  # by module name: spawn workers import it
-
-        with mp.get_context("spawn").Pool(args.jobs) as pool:
-            for row in pool.imap_unordered(job_fn, jobs):
-                finished(row)
-    else:
-        for j in jobs:
-            finished(run_job(j))
+    for row in each_row(job_fn, jobs, args.jobs):
+        finished(row)
     if args.latency:
         def save() -> None:
             tmp = rows_file.with_suffix(".part")

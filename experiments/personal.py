@@ -32,7 +32,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from experiments.common import host, provenance, weights_sha256
+from experiments.common import each_row, host, provenance, weights_sha256
 from experiments.domains import USERS, donors, user_folder
 
 VARIANTS = ("own", "transplant", "depth-prior", "donor-units")
@@ -90,13 +90,19 @@ def prune_row(job: dict) -> dict:
     t = time.time()
     pruned = compress.prune(copy.deepcopy(loaded), data, cfg)
     r = pruned.report
+    return _row(job, cfg, t, **{k: r[k] for k in ("before", "after", "val_before", "val_after", "params_ratio")},
+                allocation=Allocation.from_plan(pruned.plan, "row").to_dict())
+
+
+def _row(job: dict, cfg, started: float, **measured) -> dict:
+    """One row: who and how (user, control, budget, hei options), what was measured,
+    and where it ran (host, exact weights, command)."""
     return {"stage": job["stage"], "user": job["user"], "domain": USERS[job["user"]].domain,
             "method": job["variant"], "donor": job.get("donor"), "ratio": cfg.ratio, "seed": cfg.seed,
-            "buffer": cfg.buffer, "recovery_steps": cfg.recovery_steps, "before": r["before"], "after": r["after"],
-            "val_before": r["val_before"], "val_after": r["val_after"], "params_ratio": r["params_ratio"],
-            "allocation": Allocation.from_plan(pruned.plan, "row").to_dict(), "seconds": round(time.time() - t, 1),
-            "hei": {"beta": cfg.hei.beta, "score": cfg.hei.score},
-            "weights": job.get("round") or "fp32", "weights_sha256": _CACHE["sha256"], "host": host(cfg.device), "cmd": job.get("cmd", "")}
+            "buffer": cfg.buffer, "recovery_steps": cfg.recovery_steps, **measured,
+            "seconds": round(time.time() - started, 1), "hei": {"beta": cfg.hei.beta, "score": cfg.hei.score},
+            "weights": job.get("round") or "fp32", "weights_sha256": _CACHE["sha256"], "host": host(cfg.device),
+            "cmd": job.get("cmd", "")}
 
 
 def units_row(job: dict) -> dict:
@@ -114,25 +120,15 @@ def units_row(job: dict) -> dict:
     key = ("donor-plan", job["donor"], job["seed"], job["ratio"], cfg.hei.beta)
     if key not in _CACHE:
         d_loaded, d_data = _personalized(job["donor"], job["seed"], job["per_class"], base, job.get("round"))
-        _CACHE[key] = compress.prune(copy.deepcopy(d_loaded), d_data, cfg).plan["keep"]
-    keep = _CACHE[key]
+        _CACHE[key] = Plan.from_dict(compress.prune(copy.deepcopy(d_loaded), d_data, cfg).plan["keep"])
     loaded, data = _personalized(job["user"], job["seed"], job["per_class"], base, job.get("round"))
     t = time.time()
     m = copy.deepcopy(loaded)
-    plan = Plan(keep["keep_blocks"], {int(k): v for k, v in keep["heads"].items()},
-                {int(k): v for k, v in keep["channels"].items()})
-    apply_plan(m, plan)
+    apply_plan(m, _CACHE[key])
     train.fit_head(m, data.train, data.val, data.labels, epochs=cfg.probe_epochs, seed=cfg.seed)
-    before, val_before = train.accuracy(loaded, data.test), train.accuracy(loaded, data.val)
-    return {"stage": job["stage"], "user": job["user"], "domain": USERS[job["user"]].domain,
-            "method": "donor-units", "donor": job["donor"], "ratio": cfg.ratio, "seed": cfg.seed,
-            "buffer": cfg.buffer, "recovery_steps": cfg.recovery_steps, "before": before,
-            "after": train.accuracy(m, data.test), "val_before": val_before, "val_after": train.accuracy(m, data.val),
-            "params_ratio": count_params(m.model) / count_params(loaded.model),
-            "allocation": None, "seconds": round(time.time() - t, 1),
-            "hei": {"beta": cfg.hei.beta, "score": cfg.hei.score},
-            "weights": job.get("round") or "fp32", "weights_sha256": _CACHE["sha256"], "host": host(cfg.device),
-            "cmd": job.get("cmd", "")}
+    return _row(job, cfg, t, before=train.accuracy(loaded, data.test), after=train.accuracy(m, data.test),
+                val_before=train.accuracy(loaded, data.val), val_after=train.accuracy(m, data.val),
+                params_ratio=count_params(m.model) / count_params(loaded.model), allocation=None)
 
 
 # --- statistics -------------------------------------------------------------------
@@ -418,17 +414,10 @@ def main(argv=None) -> int:
     def run(jobs: list[dict]) -> None:
         done = {_key(r) for r in rows}
         todo = [j for j in jobs if _key(j) not in done]
-        if args.jobs > 1 and todo:  # worker processes (a GPU: --torch-device cuda --jobs 12)
-            import multiprocessing as mp
+        from experiments.personal import prune_row as job_fn  # by module name: spawn workers import it
 
-            from experiments.personal import prune_row as job_fn  # by module name: spawn workers import it
-
-            with mp.get_context("spawn").Pool(args.jobs) as pool:
-                for row in pool.imap_unordered(job_fn, todo):
-                    finished(row)
-        else:
-            for job in todo:
-                finished(prune_row(job))
+        for row in each_row(job_fn, todo, args.jobs):  # a GPU: --torch-device cuda --jobs 12
+            finished(row)
 
     def finished(row: dict) -> None:
         rows.append(row)

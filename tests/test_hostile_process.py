@@ -218,14 +218,20 @@ def _signal_once_the_runner_runs(argv: list[str], env: dict, tmpdir: Path, sig: 
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    for _ in range(50):  # a killed group may take a moment to be reaped by init
+    return proc, err.decode(), _kill_leftover_runners(tmpdir)
+
+
+def _kill_leftover_runners(tmpdir: Path) -> list[int]:
+    """Processes still mentioning ``tmpdir`` after a moment (a killed group may take
+    a moment to be reaped by init); they are killed, even when the test then fails."""
+    for _ in range(50):
         if not _procs_mentioning(str(tmpdir)):
             break
         time.sleep(0.1)
     leftover = _procs_mentioning(str(tmpdir))
-    for pid in leftover:  # never leave them running, even when the test fails
+    for pid in leftover:
         os.kill(pid, signal.SIGKILL)
-    return proc, err.decode(), leftover
+    return leftover
 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc")
@@ -269,13 +275,7 @@ def test_timeout_term_mid_bench_cleans_up(tmp_path):
         ["timeout", "-s", "TERM", "10", sys.executable, "-m", "pocketsize", "-q", "bench", str(art),
          "--formats", "onnx", "--warmup", "0", "--iterations", "100000000", "--min-duration", "600",
          "--out", str(outs / "o")], env=env, capture_output=True, text=True, timeout=120)
-    for _ in range(50):
-        if not _procs_mentioning(str(tmpdir)):
-            break
-        time.sleep(0.1)
-    leftover = _procs_mentioning(str(tmpdir))
-    for pid in leftover:
-        os.kill(pid, signal.SIGKILL)
+    leftover = _kill_leftover_runners(tmpdir)
     assert res.returncode == 124, res.stderr[-500:]  # timeout's own code: the command was stopped
     assert not leftover, "runner process left running"
     assert list(outs.iterdir()) == []

@@ -109,3 +109,12 @@ def test_weights_reproduce_the_recorded_widths_at_scale_one():
     chan_w, head_w, removed = alloc.weights_for(budget, [0, 1, 2])
     assert removed == [2]
     assert [round(w * 4) for w in head_w[:2]] == [4, 1] and [round(w * 128) for w in chan_w[:2]] == [128, 32]
+
+
+def test_plan_dict_round_trips_through_json():
+    import json
+
+    from pocketsize.compress.plan import Plan
+
+    plan = Plan([0, 2], {0: [1, 3], 2: [0]}, {0: [4, 5, 7], 2: [2]})
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
