@@ -1,5 +1,6 @@
 """Budget allocation: how many heads / channels each block keeps so that the
-whole model lands on the parameter target.
+whole model lands on the target: a parameter count (``--ratio``) or, with a
+latency model, a predicted p50 in milliseconds (``--target-latency``).
 
 Each block l keeps a fraction k_l = clip(t * w_l, 0, 1) of its heads and
 channels; w_l are the method's allocation weights (all 1 = uniform) and the
@@ -13,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from pocketsize.latency import LatencyModel
 from pocketsize.loading import Loaded
 from .plan import count_params
 
@@ -25,15 +27,29 @@ class Budget:
     chan_cost: list[float]
     block_cost: list[int]
     total: int
+    latency: LatencyModel | None = None  # set: targets are predicted milliseconds, not parameters
 
     @classmethod
-    def of(cls, loaded: Loaded) -> "Budget":
+    def of(cls, loaded: Loaded, latency: dict | LatencyModel | None = None) -> "Budget":
         ad = loaded.adapter
         blocks = ad.blocks(loaded.model)
         shapes = [ad.block_shape(b) for b in blocks]
         costs = [ad.unit_costs(b) for b in blocks]
+        if isinstance(latency, dict):
+            latency = LatencyModel.from_dict(latency)
         return cls([s.heads for s in shapes], [s.mlp_hidden for s in shapes], [c[0] for c in costs],
-                   [c[1] for c in costs], [count_params(b) for b in blocks], count_params(loaded.model))
+                   [c[1] for c in costs], [count_params(b) for b in blocks], count_params(loaded.model), latency)
+
+    def cost(self, counts: Sequence[tuple[int, int]], removed: Sequence[int] = ()) -> float:
+        """What the target is counted in: predicted ms with a latency model, else parameters."""
+        if self.latency is not None:
+            return self.latency.predict(counts, removed)
+        return self.params(counts, removed)
+
+    @property
+    def full(self) -> float:
+        """The cost of the model as it is now (nothing cut)."""
+        return self.cost(list(zip(self.heads, self.chans)))
 
     def params(self, counts: Sequence[tuple[int, int]], removed: Sequence[int] = ()) -> float:
         p = self.total - sum(self.block_cost[i] for i in removed)
@@ -51,8 +67,9 @@ def _round_to(x: float, m: int, lo: int, hi: int) -> int:
 def solve(budget: Budget, target: float, weights: Sequence[float], removed: Sequence[int] = (),
           min_heads: int = 1, channel_multiple: int = 8,
           head_weights: Sequence[float] | None = None, uniform: bool = False) -> list[tuple[int, int]]:
-    """Per-block (heads, channels) counts whose parameter total is as close to
-    ``target`` as the granularity allows, never above it by more than one channel group.
+    """Per-block (heads, channels) counts whose cost (``Budget.cost``: parameters
+    or predicted ms) is as close to ``target`` as the granularity allows, never
+    above it by more than one channel group.
 
     ``uniform``: ignore the weights and give every kept block the same widths
     (blocks of equal original shape stay equal), see ``_fill_uniform``."""
@@ -75,7 +92,7 @@ def solve(budget: Budget, target: float, weights: Sequence[float], removed: Sequ
     lo, hi = 0.0, 1.0 / max(min(min(weights), min(hw)), 1e-6)
     for _ in range(60):
         mid = (lo + hi) / 2
-        if budget.params(counts(mid), removed) > target:
+        if budget.cost(counts(mid), removed) > target:
             hi = mid
         else:
             lo = mid
@@ -90,9 +107,11 @@ def solve(budget: Budget, target: float, weights: Sequence[float], removed: Sequ
         for l in order:
             h, c = best[l]
             step = min(cm(l), budget.chans[l] - c)
-            if step > 0 and budget.params(best, removed) + step * budget.chan_cost[l] <= target:
-                best[l] = (h, c + step)
-                grown = True
+            if step > 0:
+                trial = best[:l] + [(h, c + step)] + best[l + 1:]
+                if budget.cost(trial, removed) <= target:
+                    best = trial
+                    grown = True
     return best
 
 
@@ -104,20 +123,21 @@ def _fill_uniform(budget: Budget, best: list[tuple[int, int]], target: float, re
     kept = [l for l in range(len(best)) if l not in removed]
     for step in (channel_multiple, 1):
         while True:
-            if step == 1 and target - budget.params(best, removed) <= 0.005 * budget.total:
+            if step == 1 and target - budget.cost(best, removed) <= 0.005 * budget.full:
                 break
             grown = [(h, c + step) if l in kept else (h, c) for l, (h, c) in enumerate(best)]
-            if any(grown[l][1] > budget.chans[l] for l in kept) or budget.params(grown, removed) > target:
+            if any(grown[l][1] > budget.chans[l] for l in kept) or budget.cost(grown, removed) > target:
                 break
             best = grown
     return best
 
 
 def min_reachable(budget: Budget, min_heads: int = 1, channel_multiple: int = 8, block_removal: bool = False) -> float:
-    """The fewest parameters a plan can keep: every block at ``min_heads`` heads
-    and one channel group, or (when the method removes blocks) all blocks but one."""
+    """The lowest cost a plan can reach (``Budget.cost``: parameters or predicted
+    ms): every block at ``min_heads`` heads and one channel group, or (when the
+    method removes blocks) all blocks but one."""
     floor = [(min(min_heads, h), min(channel_multiple, c)) for h, c in zip(budget.heads, budget.chans)]
-    best = budget.params(floor)
+    best = budget.cost(floor)
     if block_removal and len(floor) > 1:
-        best = min(best, budget.params(floor, removed=range(1, len(floor))))
+        best = min(best, budget.cost(floor, removed=range(1, len(floor))))
     return best

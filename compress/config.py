@@ -9,7 +9,7 @@ from typing import Any
 
 from pocketsize.errors import BadInput
 
-CONFIG_VERSION = 3  # 2: the free-form ``extra`` dict became image_size, uniform, hei and lm; 3: hei.beta "auto", hei.betas, finetuned_reference
+CONFIG_VERSION = 4  # 2: the free-form ``extra`` dict became image_size, uniform, hei and lm; 3: hei.beta "auto", hei.betas, finetuned_reference; 4: target_latency_ms, latency
 
 HEI_SCORES = ("loss", "cond", "pred")
 
@@ -158,6 +158,10 @@ class PruneConfig:
     image_size: int | None = None
     # same widths in every kept block (LLMs: the output loads with plain from_pretrained)
     uniform: bool = False
+    # --target-latency: prune until the latency model predicts this p50 (ms) instead of
+    # cutting to ``ratio``; ``latency`` is the measured model (pocketsize.latency.LatencyModel.to_dict())
+    target_latency_ms: float | None = None
+    latency: dict[str, Any] | None = None
     hei: HeiOptions = field(default_factory=HeiOptions)   # --method hei only
     lm: LMOptions = field(default_factory=LMOptions)      # language models only
 
@@ -187,6 +191,11 @@ class PruneConfig:
         if self.allocation is not None and not (isinstance(self.allocation, dict)
                                                 and {"heads", "channels"} <= set(self.allocation)):
             raise BadInput("--plan: the allocation must come from a plan.json (Allocation.to_dict())")
+        t = self.target_latency_ms
+        if t is not None and (not _number(t) or t <= 0):
+            raise BadInput(f"--target-latency {t!r}: pass a positive number of milliseconds (e.g. --target-latency 20)")
+        if self.latency is not None and not isinstance(self.latency, dict):
+            raise BadInput("PruneConfig(latency=...): pass LatencyModel.to_dict() (pocketsize.latency_grid.profile)")
         if self.calib_samples < 2 or self.measurements < 2:
             raise BadInput(f"PruneConfig(calib_samples={self.calib_samples}, measurements={self.measurements}): "
                            "both must be at least 2")

@@ -256,10 +256,15 @@ def _kinds_from(scores: list[dict[str, float]]) -> list[dict[str, str]]:
     return out
 
 
+def _budget(ctx: StepContext) -> Budget:
+    """The current model's budget; targets are predicted ms under --target-latency, else parameters."""
+    return Budget.of(ctx.loaded, ctx.cfg.latency if ctx.cfg.target_latency_ms is not None else None)
+
+
 def uniform_planner(importance: Callable) -> Callable:
     def plan(ctx: StepContext, target: float) -> StepPlan:
         unit = importance(ctx)
-        budget = Budget.of(ctx.loaded)
+        budget = _budget(ctx)
         n = len(budget.heads)
         counts = solve(budget, target, [1.0] * n, min_heads=ctx.cfg.min_heads,
                        channel_multiple=ctx.cfg.channel_multiple, uniform=_uniform(ctx))
@@ -274,8 +279,8 @@ def plan_hei(ctx: StepContext, target: float) -> StepPlan:
     block, activation importance picks the units."""
     stats = ctx.stats("user")
     variant = ctx.cfg.hei.score
-    budget = Budget.of(ctx.loaded)
-    frac = min(1.0, target / budget.total)
+    budget = _budget(ctx)
+    frac = min(1.0, target / budget.full)
     score_fns = {"loss": lambda st, x: hei_loss_scores(ctx, st, frac), "cond": lambda st, x: hei_scores(st),
                  "pred": lambda st, x: hei_pred_scores(ctx, st, frac, x)}
     if variant not in score_fns:
@@ -320,13 +325,13 @@ def plan_block_influence(ctx: StepContext, target: float) -> StepPlan:
     so the remainder is cut uniformly by activation importance."""
     stats = ctx.stats("user")
     bi = [1.0 - s.cos_in_out for s in stats]
-    budget = Budget.of(ctx.loaded)
+    budget = _budget(ctx)
     n = len(bi)
     removed: list[int] = []
     for i in sorted(range(n), key=lambda i: bi[i]):
         if len(removed) + 1 >= n:
             break
-        if budget.params([(budget.heads[l], budget.chans[l]) for l in range(n)], removed + [i]) < target:
+        if budget.cost([(budget.heads[l], budget.chans[l]) for l in range(n)], removed + [i]) < target:
             break
         removed.append(i)
     counts = solve(budget, target, [1.0] * n, removed=removed, min_heads=ctx.cfg.min_heads,
@@ -342,7 +347,7 @@ def plan_allocation(ctx: StepContext, target: float) -> StepPlan:
     from .transplant import Allocation
 
     alloc = Allocation.from_dict(ctx.cfg.allocation)
-    budget = Budget.of(ctx.loaded)
+    budget = _budget(ctx)
     original = ctx.original_blocks if ctx.original_blocks is not None else list(range(len(budget.heads)))
     chan_w, head_w, removed = alloc.weights_for(budget, original)
     counts = solve(budget, target, chan_w, head_weights=head_w, removed=removed, min_heads=ctx.cfg.min_heads,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -17,8 +18,8 @@ from . import train
 from .config import PruneConfig
 from .images import personalize  # noqa: F401  (public: the suites personalize once per user)
 from .plan import count_params
-from .steps import (RATIO_TOLERANCE, Progress, Pruned, StepTask, Stepped, _plan_json,  # noqa: F401
-                    buffered_steps, count_macs, resolve_device)
+from .steps import (RATIO_TOLERANCE, Goal, Progress, Pruned, StepTask, Stepped, _plan_json,  # noqa: F401
+                    buffered_steps, count_macs, predicted_ms, resolve_device)
 from .tasks import CompressTask, task_for
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,9 @@ def prune(model: Loaded | str, data: Any, config: PruneConfig | None = None,
     with task.session(loaded, cfg) as touched:
         fit = task.personalize(loaded, data, cfg, progress)
         params_before = count_params(loaded.model)
-        _check_reachable(loaded, run_cfg, params_before, task)
         x1 = task.macs_input(data).to(train.device_of(loaded))
+        goal, run_cfg = _latency_goal(loaded, run_cfg, tuple(x1.shape))
+        _check_reachable(loaded, run_cfg, params_before, task, goal)
         macs_before = count_macs(loaded, x1)
         before = task.evaluate(loaded, data.test)
         val_before = task.evaluate(loaded, data.val)
@@ -60,12 +62,13 @@ def prune(model: Loaded | str, data: Any, config: PruneConfig | None = None,
             touched.append(teacher.model)
         steps = task.step_task(loaded, teacher, data, generic, cfg, progress)
         finetuned = _finetuned_reference(loaded, steps, task, data, cfg)
-        run = buffered_steps(loaded, steps, run_cfg, params_before, val_before)
+        run = buffered_steps(loaded, steps, run_cfg, params_before, val_before, goal)
         touched.append(run.loaded.model)
         pruned = run.loaded
         params_after = count_params(pruned.model)
         kept = params_after / params_before
-        if abs(kept - cfg.ratio) > RATIO_TOLERANCE:
+        latency = _latency_record(pruned, run_cfg, goal) if goal else None
+        if goal is None and abs(kept - cfg.ratio) > RATIO_TOLERANCE:
             raise TargetNotMet(f"could only reach a kept ratio of {kept:.3f} for --ratio {cfg.ratio}; "
                                "pick a ratio the architecture can reach or --method block-influence")
         after = task.evaluate(pruned, data.test)
@@ -78,7 +81,7 @@ def prune(model: Loaded | str, data: Any, config: PruneConfig | None = None,
         "macs_before": macs_before, "macs_after": macs_after,
         "metric": task.metric, "before": before, "after": after,
         "references": {"base": before, "finetuned": finetuned},
-        "val_before": val_before, "val_after": run.metric,
+        "val_before": val_before, "val_after": run.metric, "latency": latency,
         "steps": run.steps, "personalization": fit, "data": data.summary(),
         "config": cfg.to_dict(), "seconds": round(time.time() - t0, 2),
     }
@@ -101,11 +104,69 @@ def _finetuned_reference(loaded: Loaded, steps: StepTask, task: CompressTask, da
     return value
 
 
-def _check_reachable(loaded: Loaded, cfg: PruneConfig, params_before: int, task: CompressTask) -> None:
-    """Fail before any scoring or training when no plan can get down to the ratio (exit 4)."""
+LATENCY_TOLERANCE = 0.01  # the final plan's predicted p50 may exceed --target-latency by 1% (one channel group)
+
+
+def _latency_goal(loaded: Loaded, cfg: PruneConfig, input_shape: tuple[int, ...]) -> tuple[Goal | None, PruneConfig]:
+    """--target-latency: the goal in predicted ms, and the config with the MLP
+    width multiple the latency model found the runtime rewards. (None, cfg) otherwise."""
+    if cfg.target_latency_ms is None:
+        return None, cfg
+    from pocketsize.errors import BadInput
+    from pocketsize.latency import LatencyModel
+
+    from .allocate import Budget
+
+    if cfg.latency is None:
+        raise BadInput("--target-latency needs a latency model measured on the target device; the CLI measures one "
+                       "(--device, --runtime), in Python pass pocketsize.latency_grid.profile(...).to_dict()")
+    model = LatencyModel.from_dict(cfg.latency)
+    budget = Budget.of(loaded, model)
+    sig = model.signature
+    if (sig.blocks, sig.heads, sig.mlp_hidden, sig.input_shape) != (len(budget.heads), max(budget.heads),
+                                                                   max(budget.chans), input_shape):
+        raise BadInput(f"--target-latency: the latency model was measured for {sig.describe()}, not for this model "
+                       f"and input {'x'.join(map(str, input_shape))}; measure it again for this model")
+    full = budget.full
+    where = f"{model.runtime}, {model.threads} thread(s) on {model.device.get('name') or model.device.get('kind')}"
+    if cfg.target_latency_ms >= full:
+        raise BadInput(f"--target-latency {cfg.target_latency_ms:g} ms: the unpruned model already runs in "
+                       f"{full:.2f} ms (predicted, {where}); pass a target below that")
+    multiple = max(cfg.channel_multiple, model.multiple)
+    return Goal(cfg.target_latency_ms / full, full, "ms"), dataclasses.replace(cfg, channel_multiple=multiple)
+
+
+def _latency_record(pruned: Loaded, cfg: PruneConfig, goal: Goal) -> dict[str, Any]:
+    """compress_report.json "latency": target, predicted before/after; fails (exit 4) above the target."""
+    from pocketsize.latency import LatencyModel
+
+    model = LatencyModel.from_dict(cfg.latency)
+    after = predicted_ms(pruned, cfg)
+    if after > cfg.target_latency_ms * (1 + LATENCY_TOLERANCE):
+        raise TargetNotMet(f"--target-latency {cfg.target_latency_ms:g} ms: the plan reached {after:.2f} ms "
+                           "(predicted); pick a higher target or --method block-influence")
+    return {"target_ms": cfg.target_latency_ms, "predicted_ms": round(after, 3),
+            "predicted_before_ms": round(goal.total, 3), "measured_before_ms": round(model.measured_p50_ms, 3),
+            "runtime": model.runtime, "threads": model.threads, "device": model.device,
+            "channel_multiple": cfg.channel_multiple}
+
+
+def _check_reachable(loaded: Loaded, cfg: PruneConfig, params_before: int, task: CompressTask,
+                     goal: Goal | None = None) -> None:
+    """Fail before any scoring or training when no plan can get down to the ratio
+    or the latency target (exit 4)."""
     from .allocate import Budget, min_reachable
 
     removal = cfg.method == "block-influence" and cfg.allow_block_removal
+    if goal is not None:
+        fastest = min_reachable(Budget.of(loaded, cfg.latency), cfg.min_heads, cfg.channel_multiple,
+                                block_removal=removal)
+        if cfg.target_latency_ms < fastest * (1 - LATENCY_TOLERANCE):
+            raise TargetNotMet(f"--target-latency {cfg.target_latency_ms:g} ms is below the fastest plan "
+                               f"{'(one block left)' if removal else '(every block at its narrowest)'}: "
+                               f"{fastest:.2f} ms predicted; use --target-latency {math.ceil(fastest * 10) / 10:g} "
+                               f"or more" + ("" if removal else ", or --method block-influence"))
+        return
     floor = min_reachable(Budget.of(loaded), cfg.min_heads, cfg.channel_multiple, block_removal=removal)
     floor /= params_before
     if cfg.ratio >= floor - RATIO_TOLERANCE:

@@ -49,11 +49,22 @@ def count_macs(loaded: Loaded, x: torch.Tensor) -> int:
     return int(fc.get_total_flops() // 2)
 
 
-def _schedule(cfg: PruneConfig) -> list[float]:
-    """Kept-parameter ratio after each step (geometric steps: equal relative cuts)."""
-    if not cfg.buffer or cfg.ratio >= 1.0:
-        return [cfg.ratio]
-    return [cfg.ratio ** ((k + 1) / cfg.steps) for k in range(cfg.steps)]
+@dataclass(frozen=True)
+class Goal:
+    """What the step loop cuts toward: ``fraction`` of the unpruned cost ``total``,
+    counted in parameters (``--ratio``) or predicted milliseconds (``--target-latency``)."""
+
+    fraction: float
+    total: float
+    unit: str = "params"
+
+
+def _schedule(cfg: PruneConfig, fraction: float | None = None) -> list[float]:
+    """Kept fraction of the cost after each step (geometric steps: equal relative cuts)."""
+    f = cfg.ratio if fraction is None else fraction
+    if not cfg.buffer or f >= 1.0:
+        return [f]
+    return [f ** ((k + 1) / cfg.steps) for k in range(cfg.steps)]
 
 
 def _recovery_split(cfg: PruneConfig, n_steps: int) -> list[int]:
@@ -98,7 +109,7 @@ class Stepped:
 
 
 def buffered_steps(loaded: Loaded, task: StepTask, cfg: PruneConfig, params_before: int,
-                   val_before: float) -> Stepped:
+                   val_before: float, goal: Goal | None = None) -> Stepped:
     """Step buffering: prune in ``_schedule`` steps with recovery after each,
     scoring every step on a fresh random calibration sample. A step whose
     pruning-time harm exceeds the tolerance is undone and split in two, once
@@ -107,7 +118,8 @@ def buffered_steps(loaded: Loaded, task: StepTask, cfg: PruneConfig, params_befo
     g = torch.Generator().manual_seed(cfg.seed)
     planner = planner_for(cfg)
     lineage = Lineage.start(loaded)
-    ratios = _schedule(cfg)
+    goal = goal or Goal(cfg.ratio, params_before)
+    ratios = _schedule(cfg, goal.fraction)
     recov = _recovery_split(cfg, len(ratios))
     log_: list[dict[str, Any]] = []
     scores: dict | None = None
@@ -128,7 +140,7 @@ def buffered_steps(loaded: Loaded, task: StepTask, cfg: PruneConfig, params_befo
             return harm
 
         step = planner(StepContext(loaded, x, y, gx, cfg, seed=cfg.seed + k, original_blocks=list(lineage.blocks),
-                                   judge=judge), r * params_before)
+                                   judge=judge), r * goal.total)
         candidate, val_pruned = best["cut"] if best.get("plan") is step.plan else _cut(loaded, step.plan, task, k)
         best.clear()
         harm = task.harm(current, val_pruned)
@@ -154,10 +166,20 @@ def buffered_steps(loaded: Loaded, task: StepTask, cfg: PruneConfig, params_befo
         kept = count_params(loaded.model) / params_before
         log.info("step %d: kept %.3f of the parameters, validation metric %.4f at the cut, %.4f after %d "
                  "recovery steps", k + 1, kept, val_pruned, current, recov[k])
-        log_.append({"ratio": kept, "target": r, "metric": current, "metric_at_prune": val_pruned,
-                     "accepted": True, "recovery_steps": recov[k], **({"planner": step.info} if step.info else {})})
+        entry = {"ratio": kept, "target": r, "metric": current, "metric_at_prune": val_pruned,
+                 "accepted": True, "recovery_steps": recov[k], **({"planner": step.info} if step.info else {})}
+        if goal.unit == "ms":  # --target-latency: ``target`` is a fraction of the unpruned predicted p50
+            entry["predicted_ms"] = round(predicted_ms(loaded, cfg), 3)
+        log_.append(entry)
         k += 1
     return Stepped(loaded, lineage, log_, scores, kinds, current)
+
+
+def predicted_ms(loaded: Loaded, cfg: PruneConfig) -> float:
+    """The latency model's p50 for ``loaded`` as it is now (``--target-latency`` runs)."""
+    from .allocate import Budget
+
+    return Budget.of(loaded, cfg.latency).full
 
 
 def _cut(loaded: Loaded, plan: Any, task: StepTask, k: int) -> tuple[Loaded, float]:

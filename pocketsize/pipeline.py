@@ -25,7 +25,7 @@ DEFAULT_TO = ("executorch", "onnx")
 
 def run(model: Any, data: str, out: str | Path, prune_config=None, to: tuple[str, ...] | str | None = None,
         quantize: str | None = None, device: str = "local", bench_config=None, progress=None, *,
-        export_config=None, generic: str | None = None) -> dict[str, Any]:
+        export_config=None, generic: str | None = None, runtime: str = "onnx") -> dict[str, Any]:
     """compress -> export original + compressed -> bench both; returns summary.json's dict.
 
     export_config: an ExportConfig for both exports (its ``data`` defaults to ``data``).
@@ -59,6 +59,15 @@ def run(model: Any, data: str, out: str | Path, prune_config=None, to: tuple[str
         from pocketsize.benchmarks.devices import check_device_spec
 
         check_device_spec(device)
+    if prune_config is not None and prune_config.target_latency_ms is not None and prune_config.latency is None:
+        from .errors import BadInput
+        from .latency_grid import attach
+
+        if runtime not in export_cfg_orig.targets:
+            raise BadInput(f"--runtime {runtime} is not exported (--to {','.join(export_cfg_orig.targets)}); add it "
+                           "to --to so that the bench measures the latency the target is about")
+        log.info("stage 0/3: latency model of %s on %s", runtime, device)
+        prune_config, model = attach(prune_config, model, device, runtime, bench_cfg.threads, progress=progress)
     log.info("stage 1/3: compress")
     pruned = compress.prune(model, data, prune_config, progress=progress, generic=generic)
     with atomic_dir(out) as tmp:
@@ -80,6 +89,8 @@ def run(model: Any, data: str, out: str | Path, prune_config=None, to: tuple[str
         results = benchmarks.run(tmp / "export", device=device, config=bench_cfg, data=pruned.data,
                                  out_dir=tmp / "bench")
         summary = summarize(pruned.report, results, time.time() - t0)
+        if pruned.report.get("latency"):
+            summary["latency"] = summarize_latency(pruned.report["latency"], summary)
         if pruned.report.get("metric") == "perplexity":
             summary["llm"] = summarize_lm(pruned.report, results, tmp / "export")
         summary["parity_errors"] = parity_errors
@@ -104,6 +115,16 @@ def summarize(report: dict[str, Any], results: Any, seconds: float) -> dict[str,
             "p50_ms": {f"{v}/{f}": ms for (v, f), ms in sorted(p50.items())},
             "quantize": sorted(set(quant.values())),
             "speedup": speedup, "seconds": round(seconds, 1)}
+
+
+def summarize_latency(lat: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    """--target-latency: the target, the latency model's prediction and what the bench measured."""
+    measured = summary["p50_ms"].get(f"compressed/{lat['runtime']}")
+    return {"runtime": lat["runtime"], "threads": lat["threads"], "target_ms": lat["target_ms"],
+            "predicted_ms": lat["predicted_ms"], "measured_ms": measured,
+            "error": None if measured is None else round(measured / lat["target_ms"] - 1, 4),
+            "original_predicted_ms": lat["predicted_before_ms"],
+            "original_measured_ms": summary["p50_ms"].get(f"original/{lat['runtime']}")}
 
 
 def summarize_lm(report: dict[str, Any], results: Any, export_dir: Path) -> dict[str, Any]:

@@ -19,6 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="image folder (one subfolder per class) or .txt file/folder")
     p.add_argument("--out", required=True, help="new output folder")
     add_prune_args(p, METHODS)
+    p.add_argument("--device", default="local",
+                   help="--target-latency only: where the latency grid is measured: local, ssh://user@host[:port], "
+                        "adb[:serial], ios[:udid] (default local)")
+    p.add_argument("--threads", type=int, default=1, help="--target-latency only: runtime threads (default 1)")
     p.set_defaults(func=main)
     return p
 
@@ -38,8 +42,13 @@ def add_prune_args(p: argparse.ArgumentParser, methods) -> None:
     from pocketsize.compress.config import HEI_SCORES, PruneConfig
 
     d = _defaults(PruneConfig)
-    p.add_argument("--ratio", type=float, default=d["ratio"],
+    p.add_argument("--ratio", type=float, default=None,
                    help=f"fraction of parameters to keep, in (0, 1] (default {d['ratio']})")
+    p.add_argument("--target-latency", type=float, default=None, metavar="MS",
+                   help="prune to this p50 in milliseconds on --device instead of to a --ratio: a latency model "
+                        "of the architecture is measured there once (cached) and the allocation meets its prediction")
+    p.add_argument("--runtime", default="onnx", choices=("onnx", "executorch"),
+                   help="--target-latency: the runtime whose latency counts (default onnx)")
     p.add_argument("--method", default=d["method"], help=f"one of {', '.join(methods)} (default {d['method']})")
     p.add_argument("--seed", type=int, default=d["seed"],
                    help=f"seed for sampling, splits and recovery (default {d['seed']})")
@@ -98,7 +107,13 @@ def config_from_args(args: argparse.Namespace):
     from pocketsize.compress.config import HeiOptions, LMOptions, PruneConfig
     from pocketsize.errors import BadInput
 
-    kw = {"ratio": args.ratio, "method": args.method, "seed": args.seed, "buffer": not args.no_buffer}
+    kw = {"method": args.method, "seed": args.seed, "buffer": not args.no_buffer}
+    if args.ratio is not None and args.target_latency is not None:
+        raise BadInput("pass --ratio or --target-latency, not both (the latency target decides the size)")
+    if args.ratio is not None:
+        kw["ratio"] = args.ratio
+    if args.target_latency is not None:
+        kw["target_latency_ms"] = args.target_latency
     if args.steps is not None:
         kw["steps"] = args.steps
     if args.recovery_steps is not None:
@@ -150,7 +165,12 @@ def main(args: argparse.Namespace) -> int:
     check_generic(args)
     bars = StageBars()
     try:
-        pruned = prune(args.model, args.data, cfg, progress=bars, generic=args.generic)
+        model = args.model
+        if cfg.target_latency_ms is not None:
+            from pocketsize.latency_grid import attach
+
+            cfg, model = attach(cfg, args.model, args.device, args.runtime, args.threads, progress=bars)
+        pruned = prune(model, args.data, cfg, progress=bars, generic=args.generic)
     finally:
         bars.close()
     with atomic_dir(args.out) as tmp:
@@ -158,6 +178,10 @@ def main(args: argparse.Namespace) -> int:
     r = pruned.report
     print(f"{r['metric']}: {r['before']:.4f} -> {r['after']:.4f}   params {r['params_before']:,} -> "
           f"{r['params_after']:,} ({r['params_ratio']:.3f})   written to {args.out}", file=sys.stderr)
+    if r.get("latency"):
+        lat = r["latency"]
+        print(f"latency ({lat['runtime']}, {lat['threads']} thread(s)): target {lat['target_ms']:g} ms, predicted "
+              f"{lat['predicted_before_ms']:.2f} -> {lat['predicted_ms']:.2f} ms", file=sys.stderr)
     print(json.dumps({"out": str(args.out), "before": r["before"], "after": r["after"],
                       "params_ratio": r["params_ratio"]}))
     return 0

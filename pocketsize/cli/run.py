@@ -71,6 +71,10 @@ def print_table(summary: dict[str, Any], results: dict[str, Any], out: Path) -> 
     if ft is not None:
         print(f"unpruned model with the same recovery budget (references.finetuned): {summary['metric']} {ft:.4f}",
               file=sys.stderr)
+    lat = summary.get("latency")
+    if lat:
+        print(f"latency ({lat['runtime']}, {lat['threads']} thread(s)): target {lat['target_ms']:g} ms, predicted "
+              f"{lat['predicted_ms']:.2f} ms, measured {_num(lat['measured_ms'])} ms", file=sys.stderr)
     for key, sp_ in (summary.get("llm") or {}).get("tokens_per_s", {}).items():
         par = summary["llm"]["parity"].get(key) or {}
         print(f"{key}: decode {_num(sp_['decode_tokens_per_s'])} tok/s, prefill {_num(sp_['prefill_tokens_per_s'])} "
@@ -112,7 +116,7 @@ def run_main(args: argparse.Namespace) -> int:
     bars = StageBars()
     try:
         summary = run(args.model, args.data, args.out, cfg, device=args.device, bench_config=bench_cfg,
-                      progress=bars, export_config=export_cfg, generic=args.generic)
+                      progress=bars, export_config=export_cfg, generic=args.generic, runtime=args.runtime)
     finally:
         bars.close()
     return _finish(summary, Path(args.out))
@@ -125,12 +129,14 @@ def demo_main(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
     data = demo_data()
     export_cfg = dataclasses.replace(export_cfg, data=str(data))
-    print(f"demo: {DEMO_MODEL} personalized to {data} ({len(DEMO_CLASSES)} classes), keep {cfg.ratio:.0%} "
-          f"of parameters, export {','.join(export_cfg.targets)}, bench on {args.device}", file=sys.stderr)
+    size = (f"prune to {cfg.target_latency_ms:g} ms ({args.runtime})" if cfg.target_latency_ms
+            else f"keep {cfg.ratio:.0%} of parameters")
+    print(f"demo: {DEMO_MODEL} personalized to {data} ({len(DEMO_CLASSES)} classes), {size}, "
+          f"export {','.join(export_cfg.targets)}, bench on {args.device}", file=sys.stderr)
     bars = StageBars()
     try:
         summary = run(DEMO_MODEL, str(data), args.out, cfg, device=args.device, bench_config=bench_cfg,
-                      progress=bars, export_config=export_cfg, generic=args.generic)
+                      progress=bars, export_config=export_cfg, generic=args.generic, runtime=args.runtime)
     finally:
         bars.close()
     return _finish(summary, Path(args.out))
