@@ -4,6 +4,7 @@
     python -m experiments.docs --check    # exit 1 naming the pages that differ (CI runs this)
 
 * docs/results.md          <- docs/results.jsonl          (``experiments.methods --render-only``)
+                              + docs/latency.jsonl        (its latency section, ``experiments.latency``)
 * docs/personalization.md  <- docs/personalization.jsonl  (``experiments.personal --render-only``)
 * docs/method.md: every block between ``<!-- generated: NAME -->`` and
   ``<!-- end generated -->`` is re-rendered from the rows (NAME is a key of
@@ -65,12 +66,16 @@ def render_method(text: str) -> str:
 
 def pages() -> dict[Path, str]:
     """Every page as the rows render it now."""
-    from experiments import methods, personal
+    from experiments import latency, methods, personal
 
     out = {}
     results = _rows("results.jsonl")
     if results:
-        out[DOCS / "results.md"] = methods.render(results, methods.parse_args(["--out", str(DOCS / "results.md")]))
+        text = methods.render(results, methods.parse_args(["--out", str(DOCS / "results.md")]))
+        lat = _rows("latency.jsonl")
+        if lat:
+            text = text.rstrip("\n") + "\n\n" + "\n".join(latency.render(lat)).rstrip("\n") + "\n"
+        out[DOCS / "results.md"] = text
     rows = _rows("personalization.jsonl")
     if rows:
         out[DOCS / "personalization.md"] = personal.render(rows)

@@ -173,3 +173,20 @@ def test_cli_refuses_ratio_and_latency_together(user, tmp_path, capsys):
     rc, _, err = _cli(["compress", model, "--data", data, "--out", tmp_path / "c", "--target-latency", "-1"],
                       capsys)
     assert rc == 2 and "--target-latency -1" in err
+
+
+def test_cli_run_reports_target_predicted_and_measured(measured, user, tmp_path, capsys):
+    lm, _ = measured
+    model, data = user
+    target = round(lm.unpruned_ms() * 0.7, 3)
+    common = ["--data", data, "--target-latency", target, "--steps", "2", "--recovery-steps", "2",
+              "--no-finetuned-reference", "--warmup", "1", "--iterations", "5"]
+    rc, _, err = _cli(["run", model, "--out", tmp_path / "bad", "--to", "onnx", "--runtime", "executorch", *common],
+                      capsys)
+    assert rc == 2 and "--runtime executorch is not exported" in err and not (tmp_path / "bad").exists()
+    rc, _, err = _cli(["run", model, "--out", tmp_path / "r", "--to", "onnx", *common], capsys)
+    assert rc == 0, err
+    lat = json.loads((tmp_path / "r" / "summary.json").read_text())["latency"]
+    assert lat["target_ms"] == target and lat["predicted_ms"] <= target * 1.01
+    assert lat["measured_ms"] > 0 and lat["original_measured_ms"] > 0 and lat["runtime"] == "onnx"
+    assert "measured" in err and "target" in err
