@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import statistics
 import subprocess
 import sys
@@ -49,16 +48,11 @@ def _loaded():
 
 
 def held_out_architectures(sig, n: int, seed: int = 1234) -> list[list[tuple[int, int]]]:
-    """Random per-block widths (heads 1..H, channels multiples of 8), none of them on the grid's axes."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        lo = rng.uniform(0.15, 0.7)
-        hi = rng.uniform(lo, 1.0)
-        out.append([(rng.randint(max(1, round(sig.heads * lo)), max(1, round(sig.heads * hi))),
-                     8 * rng.randint(max(1, round(sig.mlp_hidden * lo / 8)), round(sig.mlp_hidden * hi / 8)))
-                    for _ in range(sig.blocks)])
-    return out
+    """Random per-block widths, drawn as the calibration models are but with another seed: held out."""
+    from pocketsize.latency_grid import CALIBRATION_SEED, random_architectures
+
+    assert seed != CALIBRATION_SEED
+    return random_architectures(sig, n, seed)
 
 
 def stage_model(args, cmd: str) -> None:
@@ -130,19 +124,33 @@ def stage_equal_macs(args, cmd: str) -> None:
             for m in args.multiples:
                 variants[f"hei-x{m}"] = rounded(hei, m, sig, tokens)
             for runtime in args.runtimes:
-                names = list(variants)
-                # side by side, twice in alternating order: a drift of the host hits every variant alike
-                times: dict[str, list[float]] = {k: [] for k in names}
-                for order in (names, names[::-1]):
-                    ms = latency_grid.measure_counts(loaded, [variants[k] for k in order], "local", runtime, 1)
-                    for k, t in zip(order, ms):
-                        times[k].append(t)
-                for k in names:
+                for k, (ms, rounds) in _side_by_side(loaded, variants, runtime, shape, args.rounds).items():
                     _append({"stage": "equal-macs", "runtime": runtime, "user": user, "ratio": ratio, "variant": k,
                              "counts": variants[k],
                              "macs": sum(block_macs(sig, tokens, h, c) for h, c in variants[k]),
-                             "measured_ms": round(statistics.median(times[k]), 3),
-                             "runs_ms": [round(t, 3) for t in times[k]]}, cmd)
+                             "measured_ms": round(ms, 3), "runs_ms": [round(t, 3) for t in rounds]}, cmd)
+
+
+def _side_by_side(loaded, variants: dict, runtime: str, shape, rounds: int) -> dict[str, tuple[float, list[float]]]:
+    """Each variant exported once, then timed in ``rounds`` rounds (one runner process
+    per variant and round, the order reversed every round): a drift of the host
+    hits every variant alike, and the rounds are the replicates of a paired comparison."""
+    import tempfile
+
+    from pocketsize.benchmarks.devices import get_device
+    from pocketsize.latency_grid import Timer, cut_to
+
+    import torch
+
+    names = list(variants)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    with get_device("local") as dev, tempfile.TemporaryDirectory(prefix="pocketsize-latency-") as tmp:
+        timer = Timer(dev, runtime, 1, Path(tmp))
+        paths = {k: timer.export(cut_to(loaded, variants[k]).logits_module(), torch.zeros(*shape)) for k in names}
+        for r in range(rounds):
+            for k in (names if r % 2 == 0 else names[::-1]):
+                times[k].append(timer.run(paths[k], tuple(shape)))
+    return {k: (statistics.median(v), v) for k, v in times.items()}
 
 
 def stage_target(args, cmd: str) -> None:
@@ -152,6 +160,7 @@ def stage_target(args, cmd: str) -> None:
 
     lm = latency_grid.profile(_loaded(), "local", "onnx", 1)  # the cached one the runs will use
     target = round(args.fraction * lm.measured_p50_ms, 2)
+    Path(args.work).mkdir(parents=True, exist_ok=True)
     for seed in range(args.seeds):
         runs = {}
         for kind in ("target", "ratio"):
@@ -190,7 +199,8 @@ def _render_model(rows: list[dict]) -> list[str]:
         out += [f"### Prediction error, {runtime}, {len(errs)} held-out architectures", ""]
         if grid:
             g = grid[0]["model"]
-            out += [f"Grid: {len(g['attn'])} head counts + {len(g['mlp'])} MLP widths + 2 whole models, "
+            whole = next((n.count("/") for n in g["notes"] if n.startswith("calibration models")), 2)
+            out += [f"Grid: {len(g['attn'])} head counts + {len(g['mlp'])} MLP widths + {whole} whole models, "
                     f"measured in {grid[0]['seconds']:.0f} s; unpruned p50 {g['measured_p50_ms']:.2f} ms; "
                     f"base {g['base_ms']:.2f} ms, scale {g['scale']:.3f}, width multiple {g['multiple']}.", ""]
         out += ["| # | heads per block | MLP widths per block | predicted ms | measured ms | error |",
@@ -202,26 +212,53 @@ def _render_model(rows: list[dict]) -> list[str]:
                        f"{100 * r['error']:+.1f}% |")
         med = statistics.median(abs(r["error"]) for r in errs)
         out += ["", f"Median |error|: **{100 * med:.1f}%** (max {100 * max(abs(r['error']) for r in errs):.1f}%).", ""]
+    for runtime in sorted({r["runtime"] for r in rows if r["stage"] == "model-v1"}):
+        old = [r for r in rows if r["stage"] == "model-v1" and r["runtime"] == runtime]
+        med = statistics.median(abs(r["error"]) for r in old)
+        out += [f"Superseded, kept for the record: the first calibration ({old[0]['calibration']}) predicted "
+                f"the same kind of held-out architectures ({runtime}, n={len(old)}) with a median |error| of "
+                f"{100 * med:.1f}%, every one too slow: one whole-model run carries the host's noise into "
+                "every prediction. A least-squares fit over six whole models replaced it.", ""]
     return out
 
 
 def _render_equal(rows: list[dict]) -> list[str]:
-    eq = [r for r in rows if r["stage"] == "equal-macs"]
+    out = _equal_table([r for r in rows if r["stage"] == "equal-macs"],
+                       "### hei's plans against uniform plans of the same MACs")
+    return out + _equal_table([r for r in rows if r["stage"] == "equal-macs-v1"],
+                              "#### The first, shorter run of the same comparison (2 rounds, a fresh export each round; kept for the record)")
+
+
+def _equal_table(eq: list[dict], title: str) -> list[str]:
     if not eq:
         return []
-    out = ["### hei's plans against uniform plans of the same MACs", "",
+    out = [title, "",
            "Each line: one user's hei plan (seed 0 of the personalization suite) and a uniform plan "
            "with the same MACs (within one channel group), and hei's widths rounded to multiples of m "
-           "(`hei-xm`, MACs not above hei's), measured twice in alternating order; median p50.", "",
+           "(`hei-xm`, MACs not above hei's). Each variant is exported once and timed in rounds (one runner "
+           "process per variant and round, the order reversed every round); p50 ms is the median over rounds.", "",
            "| runtime | keep | user | variant | GMACs | p50 ms | vs uniform |", "|---|---|---|---|---|---|---|"]
     keys = sorted({(r["runtime"], r["ratio"], r["user"]) for r in eq})
     for rt, ratio, user in keys:
         group = {r["variant"]: r for r in eq if (r["runtime"], r["ratio"], r["user"]) == (rt, ratio, user)}
         uni = group.get("uniform")
         for v, r in group.items():
-            rel = f"{100 * (r['measured_ms'] / uni['measured_ms'] - 1):+.1f}%" if uni else "-"
+            rel = _paired(r, uni) if uni and v != "uniform" else "-"
             out.append(f"| {rt} | {ratio} | {user} | {v} | {r['macs'] / 1e9:.3f} | {r['measured_ms']:.2f} | {rel} |")
-    return out + [""]
+    return out + ["", "vs uniform: median of the per-round differences (variant / uniform - 1) with a 95% "
+                  "t-interval over the rounds; rows with 2 rounds (the first run of this stage) have no interval.", ""]
+
+
+def _paired(r: dict, uni: dict) -> str:
+    """Per-round relative differences to uniform: median, and a 95% interval where there are >= 3 rounds."""
+    d = [a / b - 1 for a, b in zip(r["runs_ms"], uni["runs_ms"])]
+    med = statistics.median(d)
+    if len(d) < 3:
+        return f"{100 * med:+.1f}% (n={len(d)})"
+    from scipy import stats
+
+    mean, half = statistics.mean(d), stats.t.ppf(0.975, len(d) - 1) * statistics.stdev(d) / len(d) ** 0.5
+    return f"{100 * mean:+.1f}% [{100 * (mean - half):+.1f}, {100 * (mean + half):+.1f}] (n={len(d)})"
 
 
 def _render_target(rows: list[dict]) -> list[str]:
@@ -230,7 +267,9 @@ def _render_target(rows: list[dict]) -> list[str]:
         return []
     out = ["### `--target-latency` at 60% of the unpruned p50 (zoo:dinov2-small, ONNX Runtime, 1 thread)", "",
            "`pocketsize demo --target-latency T --to onnx --seed S --no-finetuned-reference`, and the "
-           "`--ratio` run at the parameter ratio the latency run reached (same seed).", "",
+           "`--ratio` run at the parameter ratio the latency run reached (same seed): the same size, "
+           "planned by parameters with MLP widths in multiples of 8, where the latency run used the multiple "
+           "its grid chose.", "",
            "| seed | run | params kept | target ms | predicted ms | measured ms | measured / target | "
            "held-out accuracy |", "|---|---|---|---|---|---|---|---|"]
     for r in sorted(tg, key=lambda r: (r["seed"], r["kind"] != "target")):
@@ -241,6 +280,17 @@ def _render_target(rows: list[dict]) -> list[str]:
         run = "--target-latency" if r["kind"] == "target" else "--ratio"
         out.append(f"| {r['seed']} | {run} | {r['params_ratio']:.3f} | {r['target_ms']:.2f} | {pred} | "
                    f"{meas:.2f} | {ratio} | {100 * r['after']:.1f}% |")
+    by = {(r["seed"], r["kind"]): r for r in tg}
+    seeds = sorted({s for s, k in by if (s, "ratio") in by and (s, "target") in by})
+    hits = [by[(s, "target")]["p50_ms"]["compressed/onnx"] / by[(s, "target")]["target_ms"] for s in seeds]
+    if seeds:
+        acc = [100 * (by[(s, "target")]["after"] - by[(s, "ratio")]["after"]) for s in seeds]
+        ms = [by[(s, "target")]["p50_ms"]["compressed/onnx"] / by[(s, "ratio")]["p50_ms"]["compressed/onnx"] - 1
+              for s in seeds]
+        out += ["", f"Measured / target over {len(seeds)} seeds: {min(hits):.3f} to {max(hits):.3f}. Against the "
+                f"`--ratio` run of the same size, the latency run's measured p50 differed by "
+                f"{100 * min(ms):+.1f}% to {100 * max(ms):+.1f}% and its held-out accuracy differed by "
+                f"{', '.join(f'{a:+.1f}' for a in acc)} points (n={len(seeds)}: no claim either way)."]
     return out + [""]
 
 
@@ -252,6 +302,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--archs", type=int, default=10)
     p.add_argument("--ratios", default="0.5")
     p.add_argument("--multiples", default="32,64")
+    p.add_argument("--rounds", type=int, default=8, help="equal-macs: timing rounds per variant")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--fraction", type=float, default=0.6)
     p.add_argument("--work", default="/tmp/pocketsize-latency-runs")

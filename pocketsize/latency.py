@@ -9,10 +9,11 @@ A transformer block's time is modelled as separable in its two widths:
 
     p50 = base + scale * sum over kept blocks of block(h_l, c_l)
 
-``base`` (embeddings, head, the runtime's per-call cost) and ``scale`` (a
-block inside the whole model is not timed exactly as a block stack alone:
-caches, fusion) come from two whole models measured on the device, the
-unpruned one and the narrowest one. ``attn`` holds block(h, M) for
+``base`` (embeddings, head, the runtime's per-call cost, less what the block
+stacks over-count) and ``scale`` (a block inside the whole model is not timed
+exactly as a block stack alone: caches, fusion) are fitted by least squares
+to a few whole models measured on the device (the unpruned one, the narrowest
+one, random plans). ``attn`` holds block(h, M) for
 every head count and ``mlp`` block(H, c) on a grid of widths; widths between
 grid points are interpolated linearly. The grid is measured through the
 benchmark harness's devices (``pocketsize.latency_grid``); this module only
@@ -78,7 +79,8 @@ class LatencyModel:
     def predict(self, counts: Sequence[tuple[int, int]], removed: Sequence[int] = ()) -> float:
         """p50 (ms) of a model whose block l keeps counts[l] = (heads, channels); blocks in ``removed`` are gone."""
         gone = set(removed)
-        return self.base_ms + self.scale * sum(self.block_ms(h, c) for l, (h, c) in enumerate(counts) if l not in gone)
+        blocks = sum(self.block_ms(h, c) for l, (h, c) in enumerate(counts) if l not in gone)
+        return max(0.0, self.base_ms + self.scale * blocks)  # base is negative where block stacks over-count
 
     def unpruned_ms(self) -> float:
         s = self.signature
@@ -142,20 +144,31 @@ def cache_folder() -> Path:
     return cache_dir().parent / "latency"
 
 
-def friendly_multiple(mlp: dict[int, float], candidates: Sequence[int] = (8, 16, 32, 64)) -> int:
+def friendly_multiple(mlp: dict[int, float], probes: Sequence[int],
+                      candidates: Sequence[int] = (8, 16, 32, 64), margin: float = 0.05) -> int:
     """The smallest MLP-width multiple m whose widths the runtime does not tax.
 
-    A width is taxed when it runs slower than the next wider width measured
-    (2% margin, under the harness's p50 noise on a quiet host): fewer channels,
-    more time, the signature of GEMM tiles that do not fit. m is the smallest
-    candidate of which no taxed width is a multiple; ``mlp`` needs probes off
-    the coarse grid (``latency_grid.grid_widths``) for this to see anything."""
-    widths = sorted(mlp)
-    taxed = [w for w, wider in zip(widths, widths[1:]) if mlp[w] > mlp[wider] * 1.02]
+    A probe width (just below a grid width) is taxed when it runs more than
+    ``margin`` slower than the grid width above it: fewer channels, more time,
+    the signature of GEMM tiles that do not fit (the margin sits above the
+    run-to-run noise of one p50 on a shared host). m is the smallest candidate
+    of which no taxed probe is a multiple."""
+    taxed = taxed_widths(mlp, probes, margin)
     for m in candidates:
         if not any(w % m == 0 for w in taxed):
             return m
     return candidates[-1]
+
+
+def taxed_widths(mlp: dict[int, float], probes: Sequence[int], margin: float = 0.05) -> list[int]:
+    """The probes that ran more than ``margin`` slower than the grid width just above them."""
+    grid = sorted(w for w in mlp if w not in probes)
+    out = []
+    for p in probes:
+        above = [w for w in grid if w > p]
+        if above and mlp[p] > mlp[above[0]] * (1 + margin):
+            out.append(p)
+    return out
 
 
 def _interp(table: dict[int, float], x: float) -> float:

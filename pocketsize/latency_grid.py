@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .errors import BadInput
-from .latency import RUNTIMES, LatencyModel, Signature, cache_folder, cache_key, friendly_multiple
+from .latency import RUNTIMES, LatencyModel, Signature, cache_folder, cache_key, friendly_multiple, taxed_widths
 from .loading import Loaded
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 STACK = 3            # a timed module runs the block this many times: its p50 is well above the per-call cost
 MLP_GRID = 12        # coarse MLP-width grid points (plus the probes off it)
 PROBE_OFFSETS = (8, 16, 32)  # widths just below grid points: do unaligned widths cost more?
+CALIBRATION_MODELS = 6  # whole models timed to fit base and scale: unpruned, narrowest, 4 random
+CALIBRATION_SEED = 99   # not experiments.latency's held-out seed
 
 Progress = Callable[[str, int, int], None]
 
@@ -100,7 +102,14 @@ class Timer:
         self._n = 0
 
     def __call__(self, module: torch.nn.Module, example: torch.Tensor) -> float:
-        from pocketsize.benchmarks.devices.base import DeviceError, Job as RunJob
+        path = self.export(module, example)
+        try:
+            return self.run(path, tuple(example.shape))
+        finally:
+            path.unlink()  # the grid's artifacts are only timed, never kept
+
+    def export(self, module: torch.nn.Module, example: torch.Tensor) -> Path:
+        """Write ``module`` as this runtime's artifact into the work folder."""
         from pocketsize.export.targets import Job as ExportJob
 
         self._n += 1
@@ -110,14 +119,22 @@ class Timer:
         job = ExportJob(module=module.eval(), example=example, input_name="x", output_name="y", quantize="none",
                         calib=None, config=self.export_config)
         self.target.export(job, path)
-        run = RunJob(artifact=path, format=self.runtime, input_shape=tuple(example.shape), warmup=3,
+        return path
+
+    def run(self, path: Path, shape: tuple[int, ...]) -> float:
+        """p50 (ms) of one runner process on the device."""
+        from pocketsize.benchmarks.devices.base import DeviceError, Job as RunJob
+
+        self._n += 1
+        work = self.work / f"run-{self._n}"
+        work.mkdir()
+        run = RunJob(artifact=path, format=self.runtime, input_shape=shape, warmup=3,
                      iterations=self.iterations, min_duration_s=0.3, threads=self.threads, timeout_s=300.0)
         try:
-            out = self.device.run(run, folder)
+            out = self.device.run(run, work)
         except DeviceError as e:
             raise BadInput(f"--target-latency: measuring the latency grid on {self.device.spec} failed: {e}") from None
         self.runtime_version = out.runtime_version
-        path.unlink()  # the grid's artifacts are only timed, never kept
         return statistics.median(out.times_ms)
 
 
@@ -215,47 +232,77 @@ def measure(loaded: Loaded, sig: Signature, timer: Timer, device: dict[str, Any]
     total = len(points) + 1
     attn: dict[int, float] = {}
     mlp: dict[int, float] = {}
-    for i, (kind, n) in enumerate(points):
-        if progress:
-            progress("latency grid", i, total)
+
+    def block_ms(kind: str, n: int) -> float:
         block = copy.deepcopy(ad.blocks(loaded.model)[0])
         if kind == "attn" and n < sig.heads:
             ad.prune_heads(block, list(range(n)))
         if kind == "mlp" and n < sig.mlp_hidden:
             ad.prune_mlp(block, list(range(n)))
-        ms = timer(_Stack(block, kw), x) / STACK
-        (attn if kind == "attn" else mlp)[n] = ms
-        log.debug("latency grid %s %d: %.3f ms", kind, n, ms)
+        return timer(_Stack(block, kw), x) / STACK
+
+    for i, (kind, n) in enumerate(points):
+        if progress:
+            progress("latency grid", i, total)
+        (attn if kind == "attn" else mlp)[n] = block_ms(kind, n)
+    # a width looks taxed on one run: time it and its wider neighbour again and keep
+    # each one's faster run, so one noisy run cannot move every plan to coarser widths
+    for p in taxed_widths(mlp, probes):
+        for w in (p, min(w for w in grid if w > p)):
+            mlp[w] = min(mlp[w], block_ms("mlp", w))
     example = torch.zeros(*sig.input_shape)
-    full = timer(loaded.logits_module(), example)
-    narrow = [(1, grid[0])] * sig.blocks
-    small = timer(_cut(loaded, narrow).logits_module(), example)
+    calib = [[(sig.heads, sig.mlp_hidden)] * sig.blocks, [(1, grid[0])] * sig.blocks]
+    calib += random_architectures(sig, CALIBRATION_MODELS - 2, seed=CALIBRATION_SEED)
+    whole = []
+    for counts in calib:
+        cut = loaded if counts == calib[0] else cut_to(loaded, counts)
+        whole.append(timer(cut.logits_module(), example))
     if progress:
         progress("latency grid", total, total)
-    multiple = friendly_multiple(mlp)
     model = LatencyModel(sig, device, timer.runtime, timer.threads, 0.0, _monotone(attn),
-                         _monotone({c: mlp[c] for c in grid}), full, runtime_version=timer.runtime_version,
-                         emulated=bool(device.get("emulated")), multiple=multiple,
-                         notes=[f"MLP probes off the grid: {{{', '.join(f'{c}: {mlp[c]:.3f}' for c in probes)}}} ms",
-                                f"narrowest model (1 head, {grid[0]} channels per block): {small:.3f} ms measured"])
-    _calibrate(model, full, small, narrow)
+                         _monotone({c: mlp[c] for c in grid}), whole[0], runtime_version=timer.runtime_version,
+                         emulated=bool(device.get("emulated")), multiple=friendly_multiple(mlp, probes),
+                         notes=[f"MLP probes off the grid: {{{', '.join(f'{c}: {mlp[c]:.3f}' for c in probes)}}} ms"])
+    _calibrate(model, calib, whole)
     return model
 
 
-def _calibrate(model: LatencyModel, full: float, small: float, narrow: list[tuple[int, int]]) -> None:
-    """base and scale from the two whole models: p50 = base + scale * sum(blocks)."""
-    sig = model.signature
-    s_full = sum(model.block_ms(sig.heads, sig.mlp_hidden) for _ in range(sig.blocks))
-    s_small = sum(model.block_ms(h, c) for h, c in narrow)
-    scale = (full - small) / (s_full - s_small) if s_full > s_small else 0.0
-    if not 0.25 <= scale <= 4.0:  # noise swamped the difference: keep the stacks' own scale
+def random_architectures(sig: Signature, n: int, seed: int) -> list[list[tuple[int, int]]]:
+    """``n`` random per-block widths (heads 1..H, channels multiples of 8), each
+    drawn around its own keep level, as pruning plans vary."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        lo = rng.uniform(0.15, 0.7)
+        hi = rng.uniform(lo, 1.0)
+        out.append([(rng.randint(max(1, round(sig.heads * lo)), max(1, round(sig.heads * hi))),
+                     8 * rng.randint(max(1, round(sig.mlp_hidden * lo / 8)), max(1, round(sig.mlp_hidden * hi / 8))))
+                    for _ in range(sig.blocks)])
+    return out
+
+
+def _calibrate(model: LatencyModel, calib: list[list[tuple[int, int]]], measured: list[float]) -> None:
+    """base and scale by least squares over whole models measured on the device:
+    p50 = base + scale * sum(blocks). A block timed alone in a stack is not timed
+    as inside the model (caches, the runtime's per-op overhead), and one whole
+    model alone would put the host's noise of that one run into every prediction."""
+    import numpy as np
+
+    sums = np.array([sum(model.block_ms(h, c) for h, c in counts) for counts in calib])
+    ys = np.array(measured)
+    (base, scale), *_ = np.linalg.lstsq(np.stack([np.ones_like(sums), sums], 1), ys, rcond=None)
+    if not 0.25 <= scale <= 4.0:  # noise swamped the spread: the stacks' own scale, base from the mean
         model.notes.append(f"calibration scale {scale:.2f} out of [0.25, 4]: used 1.0")
-        scale = 1.0
-    model.scale = scale
-    model.base_ms = max(0.0, full - scale * s_full)
+        scale, base = 1.0, float(np.mean(ys - sums))
+    model.scale, model.base_ms = float(scale), float(base)
+    fit = base + scale * sums
+    model.notes.append("calibration models (measured / fitted ms): "
+                       + ", ".join(f"{m:.2f}/{f:.2f}" for m, f in zip(measured, fit)))
 
 
-def _cut(loaded: Loaded, counts: Sequence[tuple[int, int]]) -> Loaded:
+def cut_to(loaded: Loaded, counts: Sequence[tuple[int, int]]) -> Loaded:
     """A copy of ``loaded`` keeping the first counts[l] heads and channels of block l (timing only)."""
     from pocketsize.compress.plan import Plan, apply_plan
 
@@ -289,5 +336,5 @@ def measure_counts(loaded: Loaded, counts: Sequence[Sequence[tuple[int, int]]], 
         for i, cs in enumerate(counts):
             if progress:
                 progress("held-out architectures", i, len(counts))
-            out.append(timer(_cut(loaded, cs).logits_module(), torch.zeros(*shape)))
+            out.append(timer(cut_to(loaded, cs).logits_module(), torch.zeros(*shape)))
     return out

@@ -204,7 +204,10 @@ def _signal_once_the_runner_runs(argv: list[str], env: dict, tmpdir: Path, sig: 
     """Start ``argv`` in its own session, send ``sig`` once a process mentioning
     ``tmpdir`` (the bench runner) is up, and return (process, stderr, runner
     processes still alive). Whatever is left is killed before returning."""
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    # the default action for ``sig`` in the child: a suite started under nohup ignores SIGHUP, and
+    # pocketsize deliberately keeps ignoring what its parent ignored, so the test would test nohup
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(sig, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + start_s
         while not _procs_mentioning(str(tmpdir)) and proc.poll() is None and time.monotonic() < deadline:
@@ -218,7 +221,10 @@ def _signal_once_the_runner_runs(argv: list[str], env: dict, tmpdir: Path, sig: 
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    return proc, err.decode(), _kill_leftover_runners(tmpdir)
+        # reaped even when the test fails above: a runner left behind would eat a core
+        # for the rest of the suite (it was started with --min-duration 600)
+        leftover = _kill_leftover_runners(tmpdir)
+    return proc, err.decode(), leftover
 
 
 def _kill_leftover_runners(tmpdir: Path) -> list[int]:

@@ -42,11 +42,11 @@ def test_prediction_is_separable_interpolated_and_round_trips():
 
 
 def test_friendly_multiple_sees_a_tiling_tax():
-    smooth = {w: w / 100 for w in (64, 120, 128, 248, 256)}
-    assert friendly_multiple(smooth) == 8
-    taxed = {**smooth, 120: 1.5, 248: 2.9}  # 8-aligned widths slower than the wider 128 and 256
-    assert friendly_multiple(taxed) == 16
-    assert friendly_multiple({**taxed, 112: 1.6}) == 32  # 112 = 16 x 7 is slower than 120: 16 is not enough
+    grid = {64: 0.64, 128: 1.28, 256: 2.56}
+    assert friendly_multiple({**grid, 120: 1.2, 248: 2.48}, [120, 248]) == 8
+    assert friendly_multiple({**grid, 120: 1.5, 248: 2.9}, [120, 248]) == 16  # both slower than 128 / 256
+    assert friendly_multiple({**grid, 112: 1.5, 120: 1.5}, [112, 120]) == 32  # 112 = 16 x 7 is taxed too
+    assert friendly_multiple({**grid, 120: 1.3}, [120]) == 8  # 1.6% slower: inside the noise margin
 
 
 def test_solve_meets_a_latency_target(user):
@@ -124,8 +124,9 @@ def test_profile_measures_the_grid_on_the_device_and_caches_it(measured, user):
     assert lm.signature == SIG and lm.runtime == "onnx" and lm.runtime_version
     assert set(lm.attn) == {1, 2, 3, 4} and max(lm.mlp) == 256 and len(lm.mlp) >= 4
     assert lm.device["kind"] == "local" and lm.measured_p50_ms > 0
-    # the calibrated model reproduces the unpruned measurement it was fitted on
-    assert lm.unpruned_ms() == pytest.approx(lm.measured_p50_ms, rel=0.05)
+    # the calibrated model reproduces the unpruned measurement it was fitted on (with 5 others)
+    assert lm.unpruned_ms() == pytest.approx(lm.measured_p50_ms, rel=0.25)
+    assert any(n.startswith("calibration models") for n in lm.notes)
 
     def boom(*a, **k):
         raise AssertionError("measured again instead of reading the cache")
