@@ -245,7 +245,7 @@ def _equal_table(eq: list[dict], title: str) -> list[str]:
         for v, r in group.items():
             rel = _paired(r, uni) if uni and v != "uniform" else "-"
             out.append(f"| {rt} | {ratio} | {user} | {v} | {r['macs'] / 1e9:.3f} | {r['measured_ms']:.2f} | {rel} |")
-    return out + ["", "vs uniform: median of the per-round differences (variant / uniform - 1) with a 95% "
+    return out + ["", "vs uniform: mean of the per-round differences (variant / uniform - 1) with a 95% "
                   "t-interval over the rounds; rows with 2 rounds (the first run of this stage) have no interval.", ""]
 
 
