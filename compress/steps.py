@@ -59,12 +59,11 @@ class Goal:
     unit: str = "params"
 
 
-def _schedule(cfg: PruneConfig, fraction: float | None = None) -> list[float]:
+def _schedule(cfg: PruneConfig, fraction: float) -> list[float]:
     """Kept fraction of the cost after each step (geometric steps: equal relative cuts)."""
-    f = cfg.ratio if fraction is None else fraction
-    if not cfg.buffer or f >= 1.0:
-        return [f]
-    return [f ** ((k + 1) / cfg.steps) for k in range(cfg.steps)]
+    if not cfg.buffer or fraction >= 1.0:
+        return [fraction]
+    return [fraction ** ((k + 1) / cfg.steps) for k in range(cfg.steps)]
 
 
 def _recovery_split(cfg: PruneConfig, n_steps: int) -> list[int]:

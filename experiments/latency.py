@@ -65,7 +65,7 @@ def stage_model(args, cmd: str) -> None:
         grid_s = time.time() - t0
         _append({"stage": "grid", "runtime": runtime, "seconds": round(grid_s, 1), "model": lm.to_dict()}, cmd)
         archs = held_out_architectures(lm.signature, args.archs)
-        measured = latency_grid.measure_counts(loaded, archs, "local", runtime, 1)
+        measured = [t[0] for t in latency_grid.time_counts(loaded, archs, "local", runtime, 1)]
         for counts, ms in zip(archs, measured):
             pred = lm.predict(counts)
             _append({"stage": "model", "runtime": runtime, "counts": counts, "predicted_ms": round(pred, 3),
@@ -123,34 +123,16 @@ def stage_equal_macs(args, cmd: str) -> None:
             variants = {"hei": hei, "uniform": uniform_at(sig, tokens, macs, heads)}
             for m in args.multiples:
                 variants[f"hei-x{m}"] = rounded(hei, m, sig, tokens)
+            names = list(variants)
             for runtime in args.runtimes:
-                for k, (ms, rounds) in _side_by_side(loaded, variants, runtime, shape, args.rounds).items():
+                timed = latency_grid.time_counts(loaded, [variants[k] for k in names], "local", runtime, 1,
+                                                 rounds=args.rounds, input_shape=shape)
+                for k, rounds in zip(names, timed):
+                    ms = statistics.median(rounds)
                     _append({"stage": "equal-macs", "runtime": runtime, "user": user, "ratio": ratio, "variant": k,
                              "counts": variants[k],
                              "macs": sum(block_macs(sig, tokens, h, c) for h, c in variants[k]),
                              "measured_ms": round(ms, 3), "runs_ms": [round(t, 3) for t in rounds]}, cmd)
-
-
-def _side_by_side(loaded, variants: dict, runtime: str, shape, rounds: int) -> dict[str, tuple[float, list[float]]]:
-    """Each variant exported once, then timed in ``rounds`` rounds (one runner process
-    per variant and round, the order reversed every round): a drift of the host
-    hits every variant alike, and the rounds are the replicates of a paired comparison."""
-    import tempfile
-
-    from pocketsize.benchmarks.devices import get_device
-    from pocketsize.latency_grid import Timer, cut_to
-
-    import torch
-
-    names = list(variants)
-    times: dict[str, list[float]] = {k: [] for k in names}
-    with get_device("local") as dev, tempfile.TemporaryDirectory(prefix="pocketsize-latency-") as tmp:
-        timer = Timer(dev, runtime, 1, Path(tmp))
-        paths = {k: timer.export(cut_to(loaded, variants[k]).logits_module(), torch.zeros(*shape)) for k in names}
-        for r in range(rounds):
-            for k in (names if r % 2 == 0 else names[::-1]):
-                times[k].append(timer.run(paths[k], tuple(shape)))
-    return {k: (statistics.median(v), v) for k, v in times.items()}
 
 
 def stage_target(args, cmd: str) -> None:

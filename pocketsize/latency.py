@@ -86,12 +86,6 @@ class LatencyModel:
         s = self.signature
         return self.predict([(s.heads, s.mlp_hidden)] * s.blocks)
 
-    def check(self, signature: Signature, where: str = "--target-latency") -> None:
-        """BadInput unless this model was measured for ``signature``."""
-        if signature != self.signature:
-            raise BadInput(f"{where}: the latency model was measured for {self.signature.describe()}, not for this "
-                           f"model ({signature.describe()}); measure it again for this model")
-
     # --- records ------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

@@ -98,7 +98,6 @@ class Timer:
         self.target = get_target(runtime)
         self.export_config = ExportConfig(targets=(runtime,))
         self.iterations = iterations
-        self.runtime_version: str | None = None
         self._n = 0
 
     def __call__(self, module: torch.nn.Module, example: torch.Tensor) -> float:
@@ -134,7 +133,6 @@ class Timer:
             out = self.device.run(run, work)
         except DeviceError as e:
             raise BadInput(f"--target-latency: measuring the latency grid on {self.device.spec} failed: {e}") from None
-        self.runtime_version = out.runtime_version
         return statistics.median(out.times_ms)
 
 
@@ -157,17 +155,16 @@ def profile(loaded: Loaded, device: str, runtime: str = "onnx", threads: int = 1
     reason = dev.unsupported_reason(runtime)
     if reason:
         raise BadInput(f"--runtime {runtime} on --device {device}: {reason}")
-    with dev, tempfile.TemporaryDirectory(prefix="pocketsize-latency-") as tmp:
+    with dev:
         info = dev.describe()
-        timer = Timer(dev, runtime, threads, Path(tmp))
-        key_version = _runtime_version(runtime)
-        path = cache_folder() / f"{cache_key(sig, info, runtime, threads, key_version)}.json"
+        version = _runtime_version(runtime)
+        path = cache_folder() / f"{cache_key(sig, info, runtime, threads, version)}.json"
         if use_cache and path.exists():
-            cached = LatencyModel.load(path)
             log.info("latency model from the cache: %s", path)
-            return cached
-        model = measure(loaded, sig, timer, info, progress)
-        model.runtime_version = key_version
+            return LatencyModel.load(path)
+        with tempfile.TemporaryDirectory(prefix="pocketsize-latency-") as tmp:
+            model = measure(loaded, sig, Timer(dev, runtime, threads, Path(tmp)), info, progress)
+    model.runtime_version = version  # the version the cache key names
     model.save(path)
     log.info("latency model measured and cached: %s", path)
     return model
@@ -260,8 +257,7 @@ def measure(loaded: Loaded, sig: Signature, timer: Timer, device: dict[str, Any]
     if progress:
         progress("latency grid", total, total)
     model = LatencyModel(sig, device, timer.runtime, timer.threads, 0.0, _monotone(attn),
-                         _monotone({c: mlp[c] for c in grid}), whole[0], runtime_version=timer.runtime_version,
-                         emulated=bool(device.get("emulated")), multiple=friendly_multiple(mlp, probes),
+                         _monotone({c: mlp[c] for c in grid}), whole[0], emulated=bool(device.get("emulated")), multiple=friendly_multiple(mlp, probes),
                          notes=[f"MLP probes off the grid: {{{', '.join(f'{c}: {mlp[c]:.3f}' for c in probes)}}} ms"])
     _calibrate(model, calib, whole)
     return model
@@ -321,20 +317,24 @@ def _monotone(table: dict[int, float]) -> dict[int, float]:
     return dict(sorted(out.items()))
 
 
-def measure_counts(loaded: Loaded, counts: Sequence[Sequence[tuple[int, int]]], device: str, runtime: str = "onnx",
-                   threads: int = 1, input_shape: Sequence[int] | None = None,
-                   progress: Progress | None = None) -> list[float]:
-    """Measured p50 (ms) of ``loaded`` cut to each per-block (heads, channels)
-    list (the first units; timing only): how the latency model is validated."""
+def time_counts(loaded: Loaded, counts: Sequence[Sequence[tuple[int, int]]], device: str, runtime: str = "onnx",
+                threads: int = 1, rounds: int = 1, input_shape: Sequence[int] | None = None) -> list[list[float]]:
+    """Measured p50s (ms) of ``loaded`` cut to each per-block (heads, channels)
+    list (the first units; timing only): how the latency model is validated.
+    Each model is exported once and timed in ``rounds`` rounds, one runner
+    process per model and round, the order reversed every round, so a drift of
+    the host hits every model alike. Returns one list of ``rounds`` p50s per model."""
     from pocketsize.benchmarks.devices import get_device
 
     loaded = with_head(loaded)
     shape = tuple(input_shape or (1, *loaded.adapter.preprocessing(loaded.model)["input_size"]))
-    out = []
+    example = torch.zeros(*shape)
+    times: list[list[float]] = [[] for _ in counts]
     with get_device(device) as dev, tempfile.TemporaryDirectory(prefix="pocketsize-latency-") as tmp:
         timer = Timer(dev, runtime, threads, Path(tmp))
-        for i, cs in enumerate(counts):
-            if progress:
-                progress("held-out architectures", i, len(counts))
-            out.append(timer(cut_to(loaded, cs).logits_module(), torch.zeros(*shape)))
-    return out
+        paths = [timer.export(cut_to(loaded, cs).logits_module(), example) for cs in counts]
+        order = list(range(len(counts)))
+        for r in range(rounds):
+            for i in (order if r % 2 == 0 else order[::-1]):
+                times[i].append(timer.run(paths[i], shape))
+    return times

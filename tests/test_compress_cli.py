@@ -16,7 +16,8 @@ import torch
 from pocketsize import compress
 from pocketsize.loading import load_model
 from pocketsize.compress.plan import count_params
-from pocketsize.cli import main
+
+from cli_helpers import cli  # tests/ is on sys.path
 
 pytestmark = [pytest.mark.usefixtures("torch_one_thread"), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -29,13 +30,6 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
-def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 # --- model directories written by the libraries' own savers -------------------
@@ -83,7 +77,7 @@ def test_load_model_reads_save_pretrained(dinov2_dir):
 def test_cli_prunes_local_directory_to_half(which, request, image_folder, tmp_path, capsys):
     model_dir = request.getfixturevalue(which)
     out = tmp_path / "out"
-    rc, stdout, err = _cli(["compress", model_dir, "--data", image_folder, "--out", out, "--ratio", "0.5", *QUICK],
+    rc, stdout, err = cli(["compress", model_dir, "--data", image_folder, "--out", out, "--ratio", "0.5", *QUICK],
                            capsys)
     assert rc == 0, err
     summary = json.loads(stdout.strip().splitlines()[-1])
@@ -171,7 +165,7 @@ BAD = ["missing-model", "model-is-file", "unknown-timm", "unknown-zoo", "missing
 def test_bad_input_exits_2_with_one_line(case, bad_inputs, image_folder, tmp_path, capsys):
     model, data, extra = bad_inputs[case]
     out = tmp_path / "out"
-    rc, stdout, err = _cli(["compress", model, "--data", data or image_folder, "--out", out, *QUICK, *extra], capsys)
+    rc, stdout, err = cli(["compress", model, "--data", data or image_folder, "--out", out, *QUICK, *extra], capsys)
     assert rc == 2, (rc, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -186,7 +180,7 @@ def test_bad_input_messages_name_the_fix(bad_inputs, image_folder, tmp_path, cap
               "ratio-1.5": "(0, 1]", "no-class-folders": "subfolder", "hf-resnet": "ResNet"}
     for case, needle in expect.items():
         model, data, extra = bad_inputs[case]
-        rc, _, err = _cli(["compress", model, "--data", data or image_folder, "--out", tmp_path / case, *QUICK,
+        rc, _, err = cli(["compress", model, "--data", data or image_folder, "--out", tmp_path / case, *QUICK,
                            *extra], capsys)
         assert rc == 2 and needle in err, (case, err)
 
@@ -195,7 +189,7 @@ def test_existing_nonempty_out_is_refused_untouched(timm_dir, image_folder, tmp_
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    rc, _, err = _cli(["compress", timm_dir, "--data", image_folder, "--out", out, *QUICK], capsys)
+    rc, _, err = cli(["compress", timm_dir, "--data", image_folder, "--out", out, *QUICK], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "not empty" in err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert (out / "keep.txt").read_text() == "precious"
@@ -220,7 +214,7 @@ def test_bad_input_in_a_real_process_prints_one_line(bad_inputs, image_folder, t
 def test_unreachable_ratio_exits_4_and_writes_nothing(timm_dir, image_folder, tmp_path, capsys):
     """Embeddings and head alone are more than 5% of the tiny model: exit 4."""
     out = tmp_path / "out"
-    rc, stdout, err = _cli(["compress", timm_dir, "--data", image_folder, "--out", out, "--ratio", "0.05", *QUICK],
+    rc, stdout, err = cli(["compress", timm_dir, "--data", image_folder, "--out", out, "--ratio", "0.05", *QUICK],
                            capsys)
     assert rc == 4, err
     assert len(err.strip().splitlines()) == 1 and "ratio" in err and "Traceback" not in err
@@ -238,7 +232,7 @@ def test_failure_while_writing_leaves_no_output(timm_dir, image_folder, tmp_path
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(outputs, "write_outputs", half_then_crash)
-    rc, _, err = _cli(["compress", timm_dir, "--data", image_folder, "--out", tmp_path / "out", *QUICK], capsys)
+    rc, _, err = cli(["compress", timm_dir, "--data", image_folder, "--out", tmp_path / "out", *QUICK], capsys)
     assert rc == 1
     assert err.strip().splitlines() == ["pocketsize: error: RuntimeError: disk full (rerun with --debug for the traceback)"]
     assert list(tmp_path.iterdir()) == []
@@ -246,13 +240,13 @@ def test_failure_while_writing_leaves_no_output(timm_dir, image_folder, tmp_path
 
 def test_debug_flag_shows_the_traceback(bad_inputs, image_folder, tmp_path, capsys):
     model, _, _ = bad_inputs["missing-model"]
-    rc, _, err = _cli(["--debug", "compress", model, "--data", image_folder, "--out", tmp_path / "o"], capsys)
+    rc, _, err = cli(["--debug", "compress", model, "--data", image_folder, "--out", tmp_path / "o"], capsys)
     assert rc == 2 and "Traceback" in err and err.strip().splitlines()[-1].startswith("pocketsize: error:")
 
 
 def test_compress_flags_reach_the_config(timm_dir, image_folder, tmp_path, capsys):
     out = tmp_path / "out"
-    rc, _, err = _cli(["compress", timm_dir, "--data", image_folder, "--out", out, "--ratio", "0.6", "--method",
+    rc, _, err = cli(["compress", timm_dir, "--data", image_folder, "--out", out, "--ratio", "0.6", "--method",
                        "magnitude", "--seed", "3", "--no-buffer", "--recovery-steps", "1"], capsys)
     assert rc == 0, err
     report = json.loads((out / "compress_report.json").read_text())

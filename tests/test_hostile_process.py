@@ -240,16 +240,21 @@ def _kill_leftover_runners(tmpdir: Path) -> list[int]:
     return leftover
 
 
+def _bench_folders(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A tiny export, an empty parent for --out, and a TMPDIR the bench's runner will mention."""
+    art = _tiny_export(tmp_path / "art")
+    outs, tmpdir = tmp_path / "outs", tmp_path / "tmp"
+    outs.mkdir()
+    tmpdir.mkdir()
+    return art, outs, tmpdir
+
+
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_signal_mid_bench_cleans_up(tmp_path, sig):
     """Fault 3: SIGTERM/SIGHUP behave like Ctrl-C: no .partial-*, no work folder, no runner left."""
     pytest.importorskip("onnxruntime")
-    art = _tiny_export(tmp_path / "art")
-    outs = tmp_path / "outs"
-    outs.mkdir()
-    tmpdir = tmp_path / "tmp"
-    tmpdir.mkdir()
+    art, outs, tmpdir = _bench_folders(tmp_path)
     env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONPATH": str(ROOT / "tests")}
     proc, err, leftover = _signal_once_the_runner_runs(
         [sys.executable, "-m", "pocketsize", "-q", "bench", str(art), "--device", "local", "--formats", "onnx",
@@ -271,11 +276,7 @@ def test_timeout_term_mid_bench_cleans_up(tmp_path):
     pytest.importorskip("onnxruntime")
     if shutil.which("timeout") is None:
         pytest.skip("needs coreutils timeout")
-    art = _tiny_export(tmp_path / "art")
-    outs = tmp_path / "outs"
-    outs.mkdir()
-    tmpdir = tmp_path / "tmp"
-    tmpdir.mkdir()
+    art, outs, tmpdir = _bench_folders(tmp_path)
     env = {**os.environ, "TMPDIR": str(tmpdir)}
     res = subprocess.run(
         ["timeout", "-s", "TERM", "10", sys.executable, "-m", "pocketsize", "-q", "bench", str(art),

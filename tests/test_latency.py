@@ -12,7 +12,8 @@ import json
 
 import pytest
 
-from pocketsize.cli import main
+
+from cli_helpers import cli  # tests/ is on sys.path
 from pocketsize.errors import BadInput, TargetNotMet
 from pocketsize.latency import LatencyModel, Signature, friendly_multiple
 
@@ -145,20 +146,13 @@ def test_profile_refuses_emulated_devices_and_language_models(user, tiny_vit):
         latency_grid.profile(load_model(str(user[0])), "local", "tflite", 1)
 
 
-def _cli(argv, capsys):
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def test_cli_compress_to_a_latency(measured, user, tmp_path, capsys):
     lm, _ = measured
     model, data = user
     target = round(lm.unpruned_ms() * 0.7, 3)
-    rc, out, err = _cli(["compress", model, "--data", data, "--out", tmp_path / "c", "--target-latency", target,
+    rc, out, err = cli(["compress", model, "--data", data, "--out", tmp_path / "c", "--target-latency", target,
                          "--steps", "2", "--recovery-steps", "2", "--no-finetuned-reference"], capsys)
     assert rc == 0, err
     report = json.loads((tmp_path / "c" / "compress_report.json").read_text())
@@ -168,10 +162,10 @@ def test_cli_compress_to_a_latency(measured, user, tmp_path, capsys):
 
 def test_cli_refuses_ratio_and_latency_together(user, tmp_path, capsys):
     model, data = user
-    rc, _, err = _cli(["compress", model, "--data", data, "--out", tmp_path / "c", "--ratio", "0.5",
+    rc, _, err = cli(["compress", model, "--data", data, "--out", tmp_path / "c", "--ratio", "0.5",
                        "--target-latency", "3"], capsys)
     assert rc == 2 and "not both" in err and not (tmp_path / "c").exists()
-    rc, _, err = _cli(["compress", model, "--data", data, "--out", tmp_path / "c", "--target-latency", "-1"],
+    rc, _, err = cli(["compress", model, "--data", data, "--out", tmp_path / "c", "--target-latency", "-1"],
                       capsys)
     assert rc == 2 and "--target-latency -1" in err
 
@@ -182,10 +176,10 @@ def test_cli_run_reports_target_predicted_and_measured(measured, user, tmp_path,
     target = round(lm.unpruned_ms() * 0.7, 3)
     common = ["--data", data, "--target-latency", target, "--steps", "2", "--recovery-steps", "2",
               "--no-finetuned-reference", "--warmup", "1", "--iterations", "5"]
-    rc, _, err = _cli(["run", model, "--out", tmp_path / "bad", "--to", "onnx", "--runtime", "executorch", *common],
+    rc, _, err = cli(["run", model, "--out", tmp_path / "bad", "--to", "onnx", "--runtime", "executorch", *common],
                       capsys)
     assert rc == 2 and "--runtime executorch is not exported" in err and not (tmp_path / "bad").exists()
-    rc, _, err = _cli(["run", model, "--out", tmp_path / "r", "--to", "onnx", *common], capsys)
+    rc, _, err = cli(["run", model, "--out", tmp_path / "r", "--to", "onnx", *common], capsys)
     assert rc == 0, err
     lat = json.loads((tmp_path / "r" / "summary.json").read_text())["latency"]
     assert lat["target_ms"] == target and lat["predicted_ms"] <= target * 1.01

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from pocketsize.cli import main
+
+from cli_helpers import cli  # tests/ is on sys.path
 from pocketsize.errors import BadInput
 from pocketsize.splits import SPLIT_FILE, Entry, SplitRecord, check_data, load_chunks, record_of
 
@@ -19,13 +21,6 @@ pytestmark = [pytest.mark.usefixtures("torch_one_thread"), pytest.mark.filterwar
 QUICK = ["--steps", "2", "--recovery-steps", "2"]
 
 
-def _cli(argv, capsys) -> tuple[int, str, str]:
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +124,7 @@ def test_corrupt_split_json_exits_2_on_export(compressed, tmp_path, capsys):
     shutil.copytree(c / "model", model)
     d = json.loads((model / SPLIT_FILE).read_text())
     (model / SPLIT_FILE).write_text(json.dumps({**d, "extra": 1}))
-    rc, _out, err = _cli(["export", model, "--to", "onnx", "--data", data, "--out", tmp_path / "o"], capsys)
+    rc, _out, err = cli(["export", model, "--to", "onnx", "--data", data, "--out", tmp_path / "o"], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "extra" in err, err
     assert not (tmp_path / "o").exists()
 
@@ -157,7 +152,7 @@ def test_bench_evaluates_exactly_the_recorded_test_files(compressed, exported, t
     c, data = compressed
     rec = SplitRecord.load(c / SPLIT_FILE)
     calls = _spy(monkeypatch)
-    rc, _out, err = _cli(["bench", exported, "--device", "local", "--data", data, "--warmup", "0",
+    rc, _out, err = cli(["bench", exported, "--device", "local", "--data", data, "--warmup", "0",
                          "--iterations", "2", "--out", tmp_path / "b"], capsys)
     assert rc == 0, err
     evaluated = [n for call in calls for n in call]
@@ -177,7 +172,7 @@ def _one_line_mismatch(rc: int, err: str) -> str:
 def test_changed_data_exits_2_on_export(compressed, tmp_path, capsys):
     c, data = compressed
     edited = _edited(data, tmp_path)
-    rc, _out, err = _cli(["export", c / "model", "--to", "onnx", "--data", edited, "--out", tmp_path / "o"], capsys)
+    rc, _out, err = cli(["export", c / "model", "--to", "onnx", "--data", edited, "--out", tmp_path / "o"], capsys)
     line = _one_line_mismatch(rc, err)
     assert "no longer matches" in line and "1 file changed, 1 file missing, 1 file added" in line, line
     assert "(first: class_0/img_003.png)" in line and "re-run pocketsize compress" in line
@@ -186,7 +181,7 @@ def test_changed_data_exits_2_on_export(compressed, tmp_path, capsys):
 
 def test_changed_data_exits_2_on_bench(compressed, exported, tmp_path, capsys):
     edited = _edited(compressed[1], tmp_path)
-    rc, _out, err = _cli(["bench", exported, "--device", "local", "--data", edited, "--out", tmp_path / "b"], capsys)
+    rc, _out, err = cli(["bench", exported, "--device", "local", "--data", edited, "--out", tmp_path / "b"], capsys)
     line = _one_line_mismatch(rc, err)
     assert "no longer matches" in line and str(exported / SPLIT_FILE) in line, line
     assert not (tmp_path / "b").exists()
@@ -198,7 +193,7 @@ def test_changed_data_exits_2_on_bench(compressed, exported, tmp_path, capsys):
 def test_seed_flag_is_rejected(verb, compressed, tmp_path, capsys):
     c, data = compressed
     extra = ["--to", "onnx"] if verb == "export" else []
-    rc, _out, err = _cli([verb, c / "model", *extra, "--data", data, "--out", tmp_path / "o", "--seed", "3"], capsys)
+    rc, _out, err = cli([verb, c / "model", *extra, "--data", data, "--out", tmp_path / "o", "--seed", "3"], capsys)
     assert rc == 2 and "--seed" in err
     assert not (tmp_path / "o").exists()
 

@@ -13,19 +13,14 @@ from pathlib import Path
 import pytest
 
 from pocketsize.cli import main
+
+from cli_helpers import cli  # tests/ is on sys.path
 from pocketsize.compress.transplant import Allocation
 
 pytestmark = [pytest.mark.usefixtures("torch_one_thread"), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 QUICK = ["--steps", "2", "--recovery-steps", "2"]
 
 
-def _cli(argv, capsys):
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _save_timm(tiny_vit, d: Path, **kw) -> Path:
@@ -53,7 +48,7 @@ def test_plan_transplants_the_widths_and_picks_units_for_this_user(user_x, image
     model, x_run = user_x
     x_plan = json.loads((x_run / "plan.json").read_text())
     other = image_folder_factory(classes=3, per_class=12, seed=7, noise=60.0)  # user Y: other images
-    rc, _, err = _cli(["compress", model, "--data", other, "--out", tmp_path / "y", "--ratio", "0.5",
+    rc, _, err = cli(["compress", model, "--data", other, "--out", tmp_path / "y", "--ratio", "0.5",
                        "--plan", x_run / "plan.json", *QUICK], capsys)
     assert rc == 0, err
     y_plan = json.loads((tmp_path / "y" / "plan.json").read_text())
@@ -74,7 +69,7 @@ def test_plan_from_another_architecture_is_bad_input(user_x, tiny_vit, image_fol
 
     m = timm.create_model("vit_tiny_patch16_224", pretrained=False, **cfg["model_args"])
     save_for_hf(m, deeper, safe_serialization=True)
-    rc, _, err = _cli(["compress", deeper, "--data", image_folder, "--out", tmp_path / "o",
+    rc, _, err = cli(["compress", deeper, "--data", image_folder, "--out", tmp_path / "o",
                        "--plan", x_run / "plan.json", *QUICK], capsys)
     assert rc == 2, err
     assert len(err.strip().splitlines()) == 1 and "another architecture" in err and "Traceback" not in err
@@ -86,7 +81,7 @@ def test_a_malformed_plan_is_bad_input(user_x, image_folder, tmp_path, capsys, c
     model, _ = user_x
     bad = tmp_path / "plan.json"
     bad.write_text(content)
-    rc, _, err = _cli(["compress", model, "--data", image_folder, "--out", tmp_path / "o", "--plan", bad], capsys)
+    rc, _, err = cli(["compress", model, "--data", image_folder, "--out", tmp_path / "o", "--plan", bad], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "--plan" in err
 
 
