@@ -44,10 +44,11 @@ def _blocks() -> dict[str, Callable[[], str]]:
         "personal-plans": _personal(personal.render_plans),
         "personal-cut": _personal(lambda rows: personal.render_controls(rows, "cut")),
         "personal-strengths": _personal(lambda rows: personal.render_strengths(rows, "cut")),
+        "personal-baselines": _personal(lambda rows: personal.render_baselines(rows, "cut")),
     }
 
 
-BLOCKS = ("personal-plans", "personal-cut", "personal-strengths")
+BLOCKS = ("personal-plans", "personal-cut", "personal-strengths", "personal-baselines")
 
 
 def render_method(text: str) -> str:

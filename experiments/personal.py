@@ -17,6 +17,10 @@ Users come from several image domains (experiments/domains.py). Two stages:
   The paired per-seed differences carry a 95% t interval; "better" is written
   only where it excludes 0.
 
+``--baselines activation,taylor,...`` runs the other pruning methods on the same
+users, seeds, ratios and budget; the table puts hei's own plan (the default
+strength) beside them, with the paired gap to the best of them.
+
 Rows go to OUT.jsonl beside OUT (``--resume`` keeps them); OUT is re-rendered
 from the rows alone (``--render-only``).
 """
@@ -71,7 +75,8 @@ def _config(job: dict):
     from pocketsize import compress
 
     base = compress.PruneConfig(**job["base"])
-    cfg = replace(base, method="hei", ratio=job["ratio"], seed=job["seed"], allocation=job.get("allocation"))
+    cfg = replace(base, method=job.get("method", "hei"), ratio=job["ratio"], seed=job["seed"],
+                  allocation=job.get("allocation"))
     return base, replace(cfg, hei=replace(cfg.hei, beta=job["beta"])) if job.get("beta") is not None else cfg
 
 
@@ -189,6 +194,14 @@ def own_jobs(args, base: dict) -> list[dict]:
             for q in args.ratios for b in args.betas]
 
 
+def baseline_jobs(args, base: dict) -> list[dict]:
+    """The other pruning methods on the same users, seeds, ratios and budget (seed-major:
+    a run that is stopped early has every method on the same seeds)."""
+    stage = control_stage(base["recovery_steps"], base["buffer"])
+    return [_job(args, base, stage, u, s, q, m, method=m) for s in range(args.seeds) for u in args.users
+            for q in args.ratios for m in args.baselines]
+
+
 def control_jobs(args, base: dict, rows: list[dict]) -> list[dict]:
     """Transplant and depth prior for every (user, seed, ratio) whose plans exist."""
     from pocketsize.compress.transplant import Allocation
@@ -246,6 +259,45 @@ def render_strengths(rows: list[dict], stage: str = "cut") -> list[str]:
     return lines + [""]
 
 
+def render_baselines(rows: list[dict], stage: str = "cut") -> list[str]:
+    """hei's own plan at the CLI's default strength against every other method on the
+    same users, seeds, ratios and budget; the paired gap is taken against the baseline
+    with the best mean in each cell (chosen after the fact, which favours the baselines)."""
+    from pocketsize.compress.config import HeiOptions
+
+    at = [r for r in rows if r["stage"] == stage]
+    names = sorted({r["method"] for r in at} - set(VARIANTS))
+    if not names:
+        return []
+    lines = [f"## hei against the other methods ({'judged at the cut' if stage == 'cut' else 'after recovery'})",
+             "", f"hei = its own plan at the default strength (beta {HeiOptions.beta}). Held-out accuracy, % mean "
+             "(n seeds). Gap = hei minus the baseline with the best mean in that cell, paired by seed, 95% t "
+             "interval; \"worse\" only where the whole interval is below 0.", "",
+             "| user | keep | hei | " + " | ".join(names) + " | best baseline | hei - best |",
+             "|---|---|---|" + "---|" * (len(names) + 2)]
+    tally: dict[str, int] = {}
+    for u in sorted({r["user"] for r in at}):
+        for q in sorted({r["ratio"] for r in at if r["user"] == u}, reverse=True):
+            def cell(m: str, beta=None) -> dict:
+                return {r["seed"]: r["after"] for r in at if r["user"] == u and r["ratio"] == q and r["method"] == m
+                        and (beta is None or _beta(r) == beta)}
+
+            hei, base = cell("own", HeiOptions.beta), {m: cell(m) for m in names}
+            base = {m: v for m, v in base.items() if v}
+            if not hei or not base:
+                continue
+            best = max(base, key=lambda m: statistics.mean(base[m].values()))
+            d = [hei[s] - base[best][s] for s in sorted(set(hei) & set(base[best]))]
+            ci = t_interval(d)
+            word = verdict(ci, len(d))
+            tally[word] = tally.get(word, 0) + 1
+            gap = "-" if ci is None else f"{ci[0] * 100:+.1f} [{ci[1] * 100:+.1f}, {ci[2] * 100:+.1f}] {word}"
+            mean = lambda v: f"{statistics.mean(v.values()) * 100:.1f} (n={len(v)})" if v else "-"  # noqa: E731
+            lines.append(f"| {u} ({USERS[u].domain}) | {q:.2f} | {mean(hei)} | "
+                         + " | ".join(mean(base.get(m, {})) for m in names) + f" | {best} | {gap} |")
+    return lines + ["", "Cells: " + ", ".join(f"{n} {w}" for w, n in sorted(tally.items())), ""]
+
+
 # --- rendering ----------------------------------------------------------------------
 
 def _pct(v: list[float]) -> str:
@@ -282,7 +334,7 @@ def render_controls(rows: list[dict], stage: str = "controls") -> list[str]:
     lines: list[str] = []
     for beta in sorted({_beta(r) for r in rows if r["stage"] == stage}, key=str):
         ctl = [r for r in rows if r["stage"] == stage and _beta(r) == beta]
-        if any(r["method"] != "own" for r in ctl):
+        if any(r["method"] in VARIANTS[1:] for r in ctl):
             lines += _render_controls(ctl, stage, beta)
     return lines
 
@@ -332,7 +384,7 @@ def render(rows: list[dict]) -> str:
              ""]
     lines += provenance(rows) + [""]
     lines += (render_plans(rows) + render_controls(rows, "cut") + render_strengths(rows, "cut")
-              + render_controls(rows, "controls"))
+              + render_baselines(rows, "cut") + render_controls(rows, "controls") + render_baselines(rows, "controls"))
     return "\n".join(lines) + "\n"
 
 
@@ -342,7 +394,7 @@ def _beta(r: dict) -> float | str:
     """hei's beta of a row or job (rows before it was recorded ran the default)."""
     from pocketsize.compress.config import HeiOptions
 
-    b = r.get("hei", {}).get("beta") if "method" in r else r.get("beta")
+    b = r["hei"].get("beta") if "hei" in r else r.get("beta")
     return HeiOptions.beta if b is None else b
 
 
@@ -366,6 +418,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker (default: cores / jobs)")
     p.add_argument("--variants", default=",".join(VARIANTS[1:]),
                    help="controls to run beside own (donor-units only with --no-buffer --recovery-steps 0)")
+    p.add_argument("--baselines", default="", help="other methods to run on the same users, seeds and budget "
+                   "(comma-separated, e.g. activation,taylor,magnitude,random,block-influence)")
     p.add_argument("--beta", default=None, help="hei's allocation strengths, comma-separated numbers or auto "
                    "(default: the CLI's); own plans run at each, the controls at the first")
     p.add_argument("--round-weights", choices=("fp16", "bf16"), default=None)
@@ -386,7 +440,11 @@ def main(argv=None) -> int:
     if [v for v in args.variants if v not in VARIANTS[1:]]:
         raise SystemExit(f"--variants: valid controls are {', '.join(VARIANTS[1:])}")
     from pocketsize.compress.config import HeiOptions
+    from pocketsize.compress.methods import METHODS
 
+    args.baselines = [m for m in args.baselines.split(",") if m]
+    if [m for m in args.baselines if m not in METHODS or m == "hei"]:
+        raise SystemExit(f"--baselines: valid methods are {', '.join(m for m in METHODS if m != 'hei')}")
     args.betas = ([HeiOptions.beta] if args.beta is None else
                   [b if b == "auto" else float(b) for b in args.beta.split(",") if b])
 
@@ -433,6 +491,7 @@ def main(argv=None) -> int:
         run(control_jobs(args, base_d, rows))  # controls of own plans already measured come first
         run(own_jobs(args, base_d))
         run(control_jobs(args, base_d, rows))
+        run(baseline_jobs(args, base_d))
     out.write_text(render(rows))
     return 0
 

