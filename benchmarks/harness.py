@@ -106,12 +106,12 @@ def prepare_eval(data: Any, manifest: dict, config: BenchConfig, device: Device,
         return None
     import numpy as np
 
-    x = test.normalized(0, n)
+    test = test.spread(n)  # every class, not the first class's images only
+    x = test.normalized()
     x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
     path = scratch / f"eval-{abs(hash(str(manifest.get('preprocessing'))))}.f32"
     np.ascontiguousarray(x, dtype="<f4").tofile(path)
-    y = test.y[:n]
-    y = y.cpu().numpy() if hasattr(y, "cpu") else np.asarray(y)
+    y = test.y.cpu().numpy()
     return EvalSet(path, y, n)
 
 

@@ -147,11 +147,12 @@ def make_inputs(src: Source, config: Any, data: Any = None) -> Inputs:
     n = min(int(config.parity_samples), len(test))
     if n == 0:
         raise BadInput("--data has no held-out images; add more images per class")
-    x = test.normalized(0, n)
+    test = test.spread(n)  # every class, not the first class's images only
+    x = test.normalized()
     if tuple(x.shape[1:]) != shape[1:]:
         raise BadInput(f"--data images come out as {list(x.shape[1:])} but the model takes {list(shape[1:])}; "
                        "load the data with the model's preprocessing")
-    labels = test.y[:n].long()
+    labels = test.y.long()
     model_labels = src.meta.get("labels")
     if model_labels and list(model_labels) != list(data.labels):
         log.warning("model labels %s differ from data classes %s: accuracy not reported", model_labels, data.labels)
@@ -160,9 +161,9 @@ def make_inputs(src: Source, config: Any, data: Any = None) -> Inputs:
     # held-out images serve; nothing is trained on them
     pool, pool_name = (data.train, "training split") if len(data.train) else (data.test, "held-out images")
     m = min(int(config.calib_samples), len(pool))
-    calib = pool.normalized(0, m) if m else None
+    calib = pool.spread(m).normalized() if m else None
     record = {"kind": "held-out", "data": str(config.data) if config.data else "in-process", "samples": n,
-              "split": how, "seed": getattr(data, "seed", None), "files": (test.files or [])[:n] or None,
+              "split": how, "seed": getattr(data, "seed", None), "files": test.files or None,
               "calibration_samples": m, "calibration": pool_name if m else "none"}
     return Inputs(x, labels, calib, record, class_names=list(data.labels), split=split)
 

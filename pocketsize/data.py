@@ -6,6 +6,7 @@ parity and on-device accuracy all see the same held-out images.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 from dataclasses import dataclass, field
@@ -49,6 +50,24 @@ class Split:
     def subset(self, idx: torch.Tensor) -> "Split":
         files = None if self.files is None else [self.files[int(i)] for i in idx.reshape(-1)]
         return Split(self.x[idx], self.y[idx], self.mean, self.std, files)
+
+    def spread(self, n: int) -> "Split":
+        """``n`` samples drawn evenly from every class (see :func:`class_spread`), in split order."""
+        return self.subset(torch.tensor(class_spread(self.y.tolist(), n), dtype=torch.long))
+
+
+def class_spread(keys: Sequence[Any], n: int | None) -> list[int]:
+    """Positions of ``n`` items taken from every class in turn (each class in its own
+    order), returned sorted. Splits are stored class by class, so their first ``n``
+    items hold only the first classes: int8 calibrated on those alone and parity
+    checked on one class (measured: 32 calibration images, all of one class)."""
+    if n is None or n >= len(keys):
+        return list(range(len(keys)))
+    by: dict[Any, list[int]] = {}
+    for i, k in enumerate(keys):
+        by.setdefault(k, []).append(i)
+    turns = (i for rank in itertools.zip_longest(*by.values()) for i in rank if i is not None)
+    return sorted(itertools.islice(turns, max(int(n), 0)))
 
 
 @dataclass

@@ -203,10 +203,13 @@ def check_data(record: SplitRecord, data: str | Path, where: str | Path = SPLIT_
 
 def load_images(record: SplitRecord, data: str | Path, part: str, preprocessing: dict[str, Any],
                 limit: int | None = None):
-    """Exactly the recorded images of ``part`` (the first ``limit``), as a pocketsize.data.Split."""
-    from .data import load_image_files
+    """Exactly the recorded images of ``part`` (``limit`` of them, spread over the
+    classes: pocketsize.data.class_spread), as a pocketsize.data.Split."""
+    from .data import class_spread, load_image_files
 
-    return load_image_files(data, record.files(part)[:limit], record.labels, preprocessing)
+    names = record.files(part)
+    names = [names[i] for i in class_spread([n.split("/", 1)[0] for n in names], limit)]
+    return load_image_files(data, names, record.labels, preprocessing)
 
 
 def load_chunks(record: SplitRecord, data: str | Path, tokenizer, part: str, limit: int | None = None):

@@ -50,6 +50,20 @@ def test_normalized_applies_mean_and_std(image_folder):
     assert torch.allclose(xb, ref) and torch.equal(yb, d.test.y[:2])
 
 
+def test_class_spread_takes_every_class_in_turn(image_folder):
+    from pocketsize.data import class_spread
+
+    keys = ["a"] * 5 + ["b"] * 3 + ["c"] * 2          # stored class by class, as splits are
+    assert class_spread(keys, 3) == [0, 5, 8]          # one of each, not three a's
+    assert class_spread(keys, 7) == [0, 1, 2, 5, 6, 8, 9]
+    assert class_spread(keys, None) == class_spread(keys, 99) == list(range(10))
+    assert class_spread(keys, 0) == []
+    d = load_image_data(image_folder, PP, seed=0)
+    few = d.train.spread(3)
+    assert sorted(few.y.tolist()) == [0, 1, 2] and len(few.files) == 3
+    assert d.train.y[:3].unique().numel() == 1  # what the first three would have been
+
+
 def test_corrupt_images_are_counted_and_skipped(image_folder_factory, caplog):
     caplog.set_level(logging.WARNING, logger="pocketsize.data")
     root = image_folder_factory(classes=2, per_class=6)

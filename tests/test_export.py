@@ -262,6 +262,19 @@ def test_int8_within_tolerance_on_held_out(int8_export):
         assert a["quantization"]["calibration_samples"] == 16
 
 
+def test_parity_and_calibration_inputs_cover_every_class():
+    """The user's splits are stored class by class: the first N images would all be
+    one class (int8 calibrated on one class, parity checked on one)."""
+    from pocketsize.export.source import make_inputs, resolve
+
+    data = make_data()
+    loaded = make_loaded("timm")
+    inputs = make_inputs(resolve(loaded), ExportConfig(parity_samples=CLASSES, calib_samples=CLASSES), data)
+    assert sorted(inputs.labels.tolist()) == list(range(CLASSES))
+    assert torch.equal(inputs.calib, data.train.spread(CLASSES).normalized())
+    assert data.train.y[:CLASSES].unique().numel() == 1
+
+
 def test_int8_without_data_is_dynamic(tmp_path):
     loaded = make_loaded("timm")
     m = export(loaded, tmp_path / "o", ExportConfig(targets="executorch,onnx", quantize="int8", parity_samples=4))

@@ -14,6 +14,7 @@ from pocketsize.cli import main
 
 from cli_helpers import cli  # tests/ is on sys.path
 from pocketsize.errors import BadInput
+from pocketsize.data import class_spread
 from pocketsize.splits import SPLIT_FILE, Entry, SplitRecord, check_data, load_chunks, record_of
 
 pytestmark = [pytest.mark.usefixtures("torch_one_thread"), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -142,7 +143,10 @@ def test_export_parity_runs_on_exactly_the_recorded_test_files(compressed, tmp_p
     m = json.loads((out / "manifest.json").read_text())
     assert m["parity_inputs"]["files"] == rec.files("test")
     assert m["parity_inputs"]["samples"] == len(rec.test)
-    assert calls[0] == rec.files("test") and calls[1] == rec.files("train")[:5]
+    train = rec.files("train")
+    spread = [train[i] for i in class_spread([f.split("/")[0] for f in train], 5)]
+    assert calls[0] == rec.files("test") and calls[1] == spread
+    assert len({f.split("/")[0] for f in calls[1]}) > 1  # calibrated on every class, not the first one's images
     assert not set(calls[0]) & set(rec.files("train"))
     assert m["parity_inputs"]["calibration"] == "training split"
     assert (out / SPLIT_FILE).read_bytes() == (c / SPLIT_FILE).read_bytes()  # bench finds it here

@@ -44,7 +44,7 @@ def add_bench_args(p: argparse.ArgumentParser, formats: bool = True) -> None:
     p.add_argument("--timeout", type=float, default=d.timeout_s, metavar="S",
                    help=f"per-artifact time limit; past it the run is marked failed (default {d.timeout_s:g})")
     p.add_argument("--eval-samples", type=int, default=d.eval_samples, metavar="N",
-                   help="held-out samples to evaluate (default: all locally, 16 under emulation)")
+                   help="held-out samples to evaluate, from every class (default: all locally, 16 under emulation)")
     if formats:
         p.add_argument("--formats", help="comma-separated subset of executorch,onnx,coreml")
     p.add_argument("--prompt-tokens", type=int, default=d.prompt_tokens, metavar="N",

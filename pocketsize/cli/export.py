@@ -45,9 +45,9 @@ def add_export_args(p: argparse.ArgumentParser, default_to: str | None = None) -
                        help=f"comma-separated export formats: {','.join(target_names())} (default {default_to})")
     p.add_argument("--quantize", default=d.quantize, choices=list(QUANTIZE), help=f"precision (default {d.quantize})")
     p.add_argument("--parity-samples", type=int, default=d.parity_samples, metavar="N",
-                   help=f"inputs each artifact is checked on (default {d.parity_samples})")
+                   help=f"held-out inputs each artifact is checked on, from every class (default {d.parity_samples})")
     p.add_argument("--calib-samples", type=int, default=d.calib_samples, metavar="N",
-                   help=f"training images for static int8 calibration (default {d.calib_samples})")
+                   help=f"training images (from every class) for static int8 calibration (default {d.calib_samples})")
     p.add_argument("--coreml-target", default=d.coreml_target,
                    help=f"Core ML minimum deployment target (default {d.coreml_target}; "
                         "language models need and get iOS18)")
