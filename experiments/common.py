@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import statistics
 
 
 def host(device: str) -> str:
@@ -55,3 +56,25 @@ def plan_widths(plan: dict) -> list[int]:
     """Kept units per original block, flat (heads or KV groups, MLP channels, ...);
     a removed block keeps 0 of each. ``pocketsize.compress.plan.Plan.of_widths`` reads it back."""
     return [u["kept"] for u in plan["units"]]
+
+
+def t_interval(diffs: list[float], level: float = 0.95) -> tuple[float, float, float] | None:
+    """(mean, low, high) of the paired differences: Student's t interval (n >= 2)."""
+    n = len(diffs)
+    if n < 2:
+        return None
+    from scipy import stats
+
+    m = statistics.mean(diffs)
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * statistics.stdev(diffs) / n ** 0.5
+    return m, m - half, m + half
+
+
+MIN_SEEDS = 5  # a comparison with fewer paired seeds is shown, never called better or worse
+
+
+def verdict(ci: tuple[float, float, float] | None, n: int = MIN_SEEDS) -> str:
+    if ci is None:
+        return "n < 2: no interval"
+    word = "better" if ci[1] > 0 else "worse" if ci[2] < 0 else "no difference shown"
+    return word if n >= MIN_SEEDS or word == "no difference shown" else f"n={n} < {MIN_SEEDS}: no verdict"

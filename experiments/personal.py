@@ -36,7 +36,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from experiments.common import each_row, host, provenance, weights_sha256
+from experiments.common import each_row, host, provenance, t_interval, verdict, weights_sha256
 from experiments.domains import USERS, donors, user_folder
 
 VARIANTS = ("own", "transplant", "depth-prior", "donor-units")
@@ -136,29 +136,7 @@ def units_row(job: dict) -> dict:
                 params_ratio=count_params(m.model) / count_params(loaded.model), allocation=None)
 
 
-# --- statistics -------------------------------------------------------------------
-
-def t_interval(diffs: list[float], level: float = 0.95) -> tuple[float, float, float] | None:
-    """(mean, low, high) of the paired differences: Student's t interval (n >= 2)."""
-    n = len(diffs)
-    if n < 2:
-        return None
-    from scipy import stats
-
-    m = statistics.mean(diffs)
-    half = stats.t.ppf(0.5 + level / 2, n - 1) * statistics.stdev(diffs) / n ** 0.5
-    return m, m - half, m + half
-
-
-MIN_SEEDS = 5  # a comparison with fewer paired seeds is shown, never called better or worse
-
-
-def verdict(ci: tuple[float, float, float] | None, n: int = MIN_SEEDS) -> str:
-    if ci is None:
-        return "n < 2: no interval"
-    word = "better" if ci[1] > 0 else "worse" if ci[2] < 0 else "no difference shown"
-    return word if n >= MIN_SEEDS or word == "no difference shown" else f"n={n} < {MIN_SEEDS}: no verdict"
-
+# --- plan distance -----------------------------------------------------------------
 
 def distance(a: dict, b: dict) -> float:
     """Mean |kept fraction difference| per unit (each block's attention and MLP)."""

@@ -57,8 +57,10 @@ def test_render_puts_variants_apart_and_states_the_verdict():
     main, variants = text.split("hei variants measured side by side")
     assert "| hei | on | 96.0 [95.0-97.0] (n=2) |" in main and "hei@beta=1" not in main
     assert "| hei@beta=1 | on | 50.0" in variants  # the validation table comes first
-    assert "hei 96.0 vs best baseline activation 95.0; paired gap +1.0 points" in text
-    assert "hei >= activation on 1/2 seeds; hei >= every baseline's mean: **yes**" in text
+    # two seeds: the gap and its interval are shown, no verdict is written
+    assert "hei 96.0 vs best baseline activation 95.0; paired gap +1.0 points [-24.4, +26.4] over 2 seeds" in text
+    assert "**n < 2: no interval**" not in text and "**no difference shown**" in text
+    assert "better" not in text.split("hei against the baselines")[1]
     assert "`--seeds 2`" in text  # provenance of the rows
 
 
