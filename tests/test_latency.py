@@ -125,9 +125,15 @@ def test_profile_measures_the_grid_on_the_device_and_caches_it(measured, user):
     assert lm.signature == SIG and lm.runtime == "onnx" and lm.runtime_version
     assert set(lm.attn) == {1, 2, 3, 4} and max(lm.mlp) == 256 and len(lm.mlp) >= 4
     assert lm.device["kind"] == "local" and lm.measured_p50_ms > 0
-    # the calibrated model reproduces the unpruned measurement it was fitted on (with 5 others)
-    assert lm.unpruned_ms() == pytest.approx(lm.measured_p50_ms, rel=0.25)
-    assert any(n.startswith("calibration models") for n in lm.notes)
+    # base and scale are a least-squares fit (free intercept) over six whole models, the
+    # unpruned one first: its prediction is its fitted value and the residuals sum to 0.
+    # How close predictions come to measurements is a benchmark (experiments.latency
+    # --stage model), not a unit test: on a busy 2-core host a 0.2 ms model moves by 25%.
+    note = next(n for n in lm.notes if n.startswith("calibration models"))
+    pairs = [tuple(map(float, p.split("/"))) for p in note.split(": ", 1)[1].split(", ")]
+    assert len(pairs) == 6 and pairs[0][0] == pytest.approx(lm.measured_p50_ms, abs=0.005)
+    assert lm.unpruned_ms() == pytest.approx(pairs[0][1], abs=0.005)
+    assert sum(m - f for m, f in pairs) == pytest.approx(0.0, abs=0.01 * len(pairs))  # 2-decimal rounding
 
     def boom(*a, **k):
         raise AssertionError("measured again instead of reading the cache")
@@ -148,10 +154,19 @@ def test_profile_refuses_emulated_devices_and_language_models(user, tiny_vit):
 
 
 
+def reachable(lm: LatencyModel) -> float:
+    """Halfway between the fastest plan (every block at one head and one channel group,
+    as compress's floor) and the unpruned model, on this host's measured grid: a fixed
+    fraction of the unpruned p50 can fall below the floor when the host is busy, since a
+    tiny ViT's time is mostly fixed cost."""
+    narrow = lm.predict([(1, max(8, lm.multiple))] * lm.signature.blocks)
+    return round((narrow + lm.unpruned_ms()) / 2, 3)
+
+
 def test_cli_compress_to_a_latency(measured, user, tmp_path, capsys):
     lm, _ = measured
     model, data = user
-    target = round(lm.unpruned_ms() * 0.7, 3)
+    target = reachable(lm)
     rc, out, err = cli(["compress", model, "--data", data, "--out", tmp_path / "c", "--target-latency", target,
                          "--steps", "2", "--recovery-steps", "2", "--no-finetuned-reference"], capsys)
     assert rc == 0, err
@@ -173,7 +188,7 @@ def test_cli_refuses_ratio_and_latency_together(user, tmp_path, capsys):
 def test_cli_run_reports_target_predicted_and_measured(measured, user, tmp_path, capsys):
     lm, _ = measured
     model, data = user
-    target = round(lm.unpruned_ms() * 0.7, 3)
+    target = reachable(lm)
     common = ["--data", data, "--target-latency", target, "--steps", "2", "--recovery-steps", "2",
               "--no-finetuned-reference", "--warmup", "1", "--iterations", "5"]
     rc, _, err = cli(["run", model, "--out", tmp_path / "bad", "--to", "onnx", "--runtime", "executorch", *common],
