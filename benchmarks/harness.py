@@ -107,8 +107,7 @@ def prepare_eval(data: Any, manifest: dict, config: BenchConfig, device: Device,
     import numpy as np
 
     test = test.spread(n)  # every class, not the first class's images only
-    x = test.normalized()
-    x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    x = test.normalized().cpu().numpy()
     path = scratch / f"eval-{abs(hash(str(manifest.get('preprocessing'))))}.f32"
     np.ascontiguousarray(x, dtype="<f4").tofile(path)
     y = test.y.cpu().numpy()

@@ -56,6 +56,11 @@ class Split:
         return self.subset(torch.tensor(class_spread(self.y.tolist(), n), dtype=torch.long))
 
 
+def class_of(name: str) -> str:
+    """The class of a data-root-relative image name: its first folder."""
+    return name.split("/", 1)[0]
+
+
 def class_spread(keys: Sequence[Any], n: int | None) -> list[int]:
     """Positions of ``n`` items taken from every class in turn (each class in its own
     order), returned sorted. Splits are stored class by class, so their first ``n``
@@ -259,7 +264,7 @@ def load_image_files(root: str | Path, names: Sequence[str], labels: Sequence[st
         except Exception as e:
             raise BadInput(f"--data {root}: {name} cannot be read ({type(e).__name__}); "
                            "pass the data compress used or re-run pocketsize compress") from None
-        ys.append(index[name.split("/", 1)[0]])
+        ys.append(index[class_of(name)])
     _, h, w = preprocessing["input_size"]
     x = torch.stack(xs) if xs else torch.empty((0, 3, int(h), int(w)), dtype=torch.uint8)
     mean = torch.tensor(preprocessing["mean"], dtype=torch.float32)

@@ -205,10 +205,10 @@ def load_images(record: SplitRecord, data: str | Path, part: str, preprocessing:
                 limit: int | None = None):
     """Exactly the recorded images of ``part`` (``limit`` of them, spread over the
     classes: pocketsize.data.class_spread), as a pocketsize.data.Split."""
-    from .data import class_spread, load_image_files
+    from .data import class_of, class_spread, load_image_files
 
     names = record.files(part)
-    names = [names[i] for i in class_spread([n.split("/", 1)[0] for n in names], limit)]
+    names = [names[i] for i in class_spread([class_of(n) for n in names], limit)]
     return load_image_files(data, names, record.labels, preprocessing)
 
 
