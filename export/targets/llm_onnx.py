@@ -52,15 +52,13 @@ def _export_fp32(job: Any, dest: Path) -> None:
 
 
 def _quantize(src: Path, dest: Path, tmp: Path) -> dict[str, Any]:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from .onnx import quantize_dynamic_int8
 
     pre = tmp / "pre.onnx"
     quant_pre_process(str(src), str(pre))
-    quantize_dynamic(str(pre), str(dest), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul", "Gemm"])
-    return {"tool": "onnxruntime.quantization.quantize_dynamic", "scheme": "dynamic",
-            "weights": "int8 per-channel", "calibration_samples": 0}
+    return quantize_dynamic_int8(pre, dest)
 
 
 def export(job: Any, path: Path) -> dict[str, Any]:

@@ -23,6 +23,16 @@ BACKEND = "ONNX (torch.onnx dynamo exporter)"
 
 log = logging.getLogger(__name__)
 
+# ONNX Runtime's int8 GEMMs on x86 without VNNI (AVX2, plain AVX-512) add pairs of
+# u8 x s8 products in int16 (VPMADDUBSW), which saturates for full-range weights.
+# 7-bit weights (reduce_range) keep every pair sum in range. Measured on this AVX2
+# host, DINOv2-S pruned to 0.5 for one user: static QDQ 54.6% / SNR 4.3 dB with
+# 8-bit weights, 69.3% / 11.7 dB with 7-bit ones (fp32 74.3%); ExecuTorch's int8
+# .pte of the same model, 68.6% / 11.8 dB. The artifact is then accurate on every
+# CPU; on ARM the cost is one bit of per-channel weight precision.
+REDUCE_RANGE = True
+WEIGHTS = "int8 per-channel, 7-bit range (reduce_range)"
+
 
 def _export_fp32(job: Job, dest: Path) -> None:
     chatter = io.StringIO()  # the exporter prints progress to stdout; stdout is for JSON
@@ -35,17 +45,13 @@ def _export_fp32(job: Job, dest: Path) -> None:
 
 
 def _quantize(job: Job, src: Path, dest: Path, tmp: Path) -> dict[str, Any]:
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     pre = tmp / "pre.onnx"
     quant_pre_process(str(src), str(pre))
     if job.calib is None:
-        quantize_dynamic(str(pre), str(dest), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Gemm"])
-        return {"tool": "onnxruntime.quantization.quantize_dynamic", "scheme": "dynamic",
-                "weights": "int8 per-channel", "calibration_samples": 0}
+        return quantize_dynamic_int8(pre, dest)
 
     calib, name = job.calib, job.input_name
 
@@ -58,10 +64,20 @@ def _quantize(job: Job, src: Path, dest: Path, tmp: Path) -> dict[str, Any]:
             return None if i is None else {name: calib[i:i + 1].numpy()}
 
     quantize_static(str(pre), str(dest), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    weight_type=QuantType.QInt8, activation_type=QuantType.QInt8,
+                    reduce_range=REDUCE_RANGE, weight_type=QuantType.QInt8, activation_type=QuantType.QInt8,
                     op_types_to_quantize=["MatMul", "Gemm", "Conv"])
     return {"tool": "onnxruntime.quantization.quantize_static", "scheme": "static QDQ",
-            "weights": "int8 per-channel", "activations": "int8", "calibration_samples": int(calib.shape[0])}
+            "weights": WEIGHTS, "activations": "int8", "calibration_samples": int(calib.shape[0])}
+
+
+def quantize_dynamic_int8(pre: Path, dest: Path) -> dict[str, Any]:
+    """Dynamic int8 of every MatMul/Gemm (activations quantized at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(pre), str(dest), weight_type=QuantType.QInt8, per_channel=True,
+                     reduce_range=REDUCE_RANGE, op_types_to_quantize=["MatMul", "Gemm"])
+    return {"tool": "onnxruntime.quantization.quantize_dynamic", "scheme": "dynamic",
+            "weights": WEIGHTS, "calibration_samples": 0}
 
 
 def export(job: Job, path: Path) -> dict[str, Any]:
