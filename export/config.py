@@ -12,6 +12,7 @@ from pocketsize.errors import BadInput
 
 CONFIG_VERSION = 1
 QUANTIZE = ("none", "int8")
+INT8_ACTIVATIONS = ("static", "dynamic")
 _COREML_TARGET = re.compile(r"^(iOS|macOS|tvOS|watchOS)\d+$")
 
 
@@ -29,6 +30,11 @@ class ExportConfig:
     seed: seeds only those random inputs; the data split is split.json's.
     parity_samples: held-out (or random) inputs each artifact is checked on.
     calib_samples: training images used to calibrate static int8.
+    int8_activations: ``"static"`` (scales calibrated on the user's training
+        images, int8 between layers) or ``"dynamic"`` (each input's activations
+        quantized at run time: one scale per token in ExecuTorch/XNNPACK, per
+        input tensor in ONNX Runtime; no calibration). Weights are int8 per
+        channel either way.
     The ``*_atol`` / ``*_snr_db`` / ``*_top1`` fields are the pass thresholds per
     precision; they are written into every parity record.
     Causal LMs (``pocketsize.export.llm``): ``data`` is the user's .txt file or folder (the
@@ -45,6 +51,7 @@ class ExportConfig:
     seed: int = 0
     parity_samples: int = 64
     calib_samples: int = 32
+    int8_activations: str = "static"
     # thresholds (see export.parity)
     fp32_atol: float = 1e-4          # max |eager - artifact|, scaled by max(1, max|eager|)
     fp16_min_snr_db: float = 30.0
@@ -85,6 +92,8 @@ class ExportConfig:
             object.__setattr__(self, "data", str(data))
         if int(self.parity_samples) < 1:
             raise BadInput(f"--parity-samples {self.parity_samples}: check at least 1 input")
+        if self.int8_activations not in INT8_ACTIVATIONS:
+            raise BadInput(f"--int8-activations {self.int8_activations!r}: use one of {', '.join(INT8_ACTIVATIONS)}")
         if int(self.calib_samples) < 1:
             raise BadInput(f"--calib-samples {self.calib_samples}: calibrate on at least 1 input")
         if not 13 <= int(self.onnx_opset) <= 23:

@@ -160,11 +160,11 @@ def make_inputs(src: Source, config: Any, data: Any = None) -> Inputs:
     # no training split (a stock model, all data held out): calibration needs no labels, so the
     # held-out images serve; nothing is trained on them
     pool, pool_name = (data.train, "training split") if len(data.train) else (data.test, "held-out images")
-    m = min(int(config.calib_samples), len(pool))
+    m = min(int(config.calib_samples), len(pool)) if config.int8_activations == "static" else 0
     calib = pool.spread(m).normalized() if m else None
     record = {"kind": "held-out", "data": str(config.data) if config.data else "in-process", "samples": n,
               "split": how, "seed": getattr(data, "seed", None), "files": test.files or None,
-              "calibration_samples": m, "calibration": pool_name if m else "none"}
+              "calibration_samples": m, "calibration": pool_name if m else "none (int8 uses dynamic quantization)"}
     return Inputs(x, labels, calib, record, class_names=list(data.labels), split=split)
 
 

@@ -106,7 +106,7 @@ def test_run_and_demo_pass_every_stage_option_to_the_pipeline(tmp_path, monkeypa
     flags = ["--threads", "2", "--timeout", "5", "--eval-samples", "3", "--min-duration", "0.5",
              "--warmup", "1", "--iterations", "2", "--prompt-tokens", "8", "--decode-tokens", "4",
              "--to", "onnx", "--quantize", "int8", "--parity-samples", "4", "--calib-samples", "5",
-             "--coreml-target", "iOS18", "--no-xnnpack-rewrites",
+             "--int8-activations", "dynamic", "--coreml-target", "iOS18", "--no-xnnpack-rewrites",
              "--ratio", "0.6", "--seed", "3", "--steps", "2", "--recovery-steps", "4", "--uniform",
              "--image-size", "64", "--hei-beta", "0.6", "--hei-score", "pred", "--generic", str(generic)]
     for argv in (["run", "M", "--data", str(tmp_path), "--out", str(tmp_path / "o1")],
@@ -117,8 +117,8 @@ def test_run_and_demo_pass_every_stage_option_to_the_pipeline(tmp_path, monkeypa
         assert (cfg.ratio, cfg.seed, cfg.steps, cfg.recovery_steps, cfg.uniform, cfg.image_size) == \
             (0.6, 3, 2, 4, True, 64)
         assert cfg.hei == HeiOptions(beta=0.6, score="pred")
-        assert (e.targets, e.quantize, e.parity_samples, e.calib_samples, e.coreml_target, e.xnnpack_rewrites) == \
-            (("onnx",), "int8", 4, 5, "iOS18", False)
+        assert (e.targets, e.quantize, e.parity_samples, e.calib_samples, e.int8_activations, e.coreml_target,
+                e.xnnpack_rewrites) == (("onnx",), "int8", 4, 5, "dynamic", "iOS18", False)
         assert e.data == (str(tmp_path) if argv[0] == "run" else str(tmp_path / "demo-data"))
         assert (b.threads, b.timeout_s, b.eval_samples, b.min_duration_s, b.warmup, b.iterations,
                 b.prompt_tokens, b.decode_tokens, b.formats) == (2, 5.0, 3, 0.5, 1, 2, 8, 4, None)

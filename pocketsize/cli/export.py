@@ -34,7 +34,7 @@ def add_export_args(p: argparse.ArgumentParser, default_to: str | None = None) -
 
     ``default_to`` None makes --to required (`export`). Help texts show ExportConfig's own
     defaults. --data and --out belong to each command."""
-    from pocketsize.export.config import QUANTIZE, ExportConfig
+    from pocketsize.export.config import INT8_ACTIVATIONS, QUANTIZE, ExportConfig
 
     d = ExportConfig()
     if default_to is None:
@@ -48,6 +48,9 @@ def add_export_args(p: argparse.ArgumentParser, default_to: str | None = None) -
                    help=f"held-out inputs each artifact is checked on, from every class (default {d.parity_samples})")
     p.add_argument("--calib-samples", type=int, default=d.calib_samples, metavar="N",
                    help=f"training images (from every class) for static int8 calibration (default {d.calib_samples})")
+    p.add_argument("--int8-activations", default=d.int8_activations, choices=list(INT8_ACTIVATIONS),
+                   help="int8 activations: scales calibrated on the training images (static) or taken per "
+                        f"input at run time (dynamic; no calibration) (default {d.int8_activations})")
     p.add_argument("--coreml-target", default=d.coreml_target,
                    help=f"Core ML minimum deployment target (default {d.coreml_target}; "
                         "language models need and get iOS18)")
@@ -61,6 +64,7 @@ def export_config_from_args(args: argparse.Namespace, data: str | None = None):
 
     return ExportConfig(targets=args.to, quantize=args.quantize, data=data,
                         parity_samples=args.parity_samples, calib_samples=args.calib_samples,
+                        int8_activations=args.int8_activations,
                         coreml_target=args.coreml_target, xnnpack_rewrites=not args.no_xnnpack_rewrites)
 
 
