@@ -146,11 +146,14 @@ def rows_for(user: str, seed: int, cmd: str) -> list[dict]:
         base = {"user": user, "seed": seed, "model": name, "fp32_val": acc["val"](ref["val"]),
                 "fp32_test": acc["test"](ref["test"]), **diagnostics(model, splits["test"][0]),
                 "host": host("cpu"), "weights_sha256": weights_sha256(model), "cmd": cmd}
-        shift = None
+        sims: dict = {}  # a "+logit-shift" scheme reuses its base scheme's model and outputs
         for scheme in SCHEMES:
             t = time.time()
-            q = simulated(model, calib, scheme.replace("+logit-shift", ""))
-            got = {k: outputs(q, x)[0] for k, (x, _) in splits.items()}
+            kind = scheme.replace("+logit-shift", "")
+            if kind not in sims:
+                q = simulated(model, calib, kind)
+                sims[kind] = q, {k: outputs(q, x)[0] for k, (x, _) in splits.items()}
+            q, got = sims[kind]
             if scheme.endswith("+logit-shift"):  # the mean logit error on the calibration images, taken off
                 shift = (outputs(q, calib)[0] - outputs(model, calib)[0]).mean(0)
                 got = {k: v - shift for k, v in got.items()}

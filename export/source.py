@@ -123,6 +123,9 @@ class Inputs:
     split: Any = None                   # pocketsize.splits.SplitRecord copied beside the manifest (bench reads it)
 
 
+NO_CALIBRATION = "none (int8 uses dynamic quantization)"
+
+
 def make_inputs(src: Source, config: Any, data: Any = None) -> Inputs:
     """Held-out images of the user's data when given, else seeded random inputs.
 
@@ -142,7 +145,7 @@ def make_inputs(src: Source, config: Any, data: Any = None) -> Inputs:
         g = torch.Generator().manual_seed(int(config.seed))
         x = torch.randn((int(config.parity_samples), *shape[1:]), generator=g)
         return Inputs(x, None, None, {"kind": "random", "samples": int(x.shape[0]), "seed": int(config.seed),
-                                      "calibration": "none (int8 uses dynamic quantization)"})
+                                      "calibration": NO_CALIBRATION})
     test = data.test
     n = min(int(config.parity_samples), len(test))
     if n == 0:
@@ -164,7 +167,7 @@ def make_inputs(src: Source, config: Any, data: Any = None) -> Inputs:
     calib = pool.spread(m).normalized() if m else None
     record = {"kind": "held-out", "data": str(config.data) if config.data else "in-process", "samples": n,
               "split": how, "seed": getattr(data, "seed", None), "files": test.files or None,
-              "calibration_samples": m, "calibration": pool_name if m else "none (int8 uses dynamic quantization)"}
+              "calibration_samples": m, "calibration": pool_name if m else NO_CALIBRATION}
     return Inputs(x, labels, calib, record, class_names=list(data.labels), split=split)
 
 
