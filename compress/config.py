@@ -9,7 +9,7 @@ from typing import Any
 
 from pocketsize.errors import BadInput
 
-CONFIG_VERSION = 4  # 2: the free-form ``extra`` dict became image_size, uniform, hei and lm; 3: hei.beta "auto", hei.betas, finetuned_reference; 4: target_latency_ms, latency
+CONFIG_VERSION = 5  # 2: the free-form ``extra`` dict became image_size, uniform, hei and lm; 3: hei.beta "auto", hei.betas, finetuned_reference; 4: target_latency_ms, latency; 5: teacher
 
 HEI_SCORES = ("loss", "cond", "pred")
 
@@ -73,6 +73,9 @@ class HeiOptions:
         return _options_from_dict(cls, d, "hei")
 
 
+TEACHERS = ("base", "finetuned")
+
+
 @dataclass(frozen=True)
 class LMOptions:
     """Language-model settings that differ from the ViT ones (compress/llm.py).
@@ -83,12 +86,16 @@ class LMOptions:
         0.5 is x1.65 perplexity).
     lr: recovery learning rate. PruneConfig.lr (1e-6) was tuned on DINOv2, whose
         fitted probe head made larger Adam steps unstable; LMs were measured at 2e-5.
+    general_text: a .txt file or folder that is *not* the user's text; its perplexity
+        before pruning, after, and for the fine-tuned reference goes to the report's
+        ``general`` (forgetting). None: not measured.
     """
 
     seq_len: int = 128            # == pocketsize.text.SEQ_LEN (tests/test_cli_flags.py checks it)
     batch_size: int = 8
     nll_tolerance: float = 0.5
     lr: float = 2e-5
+    general_text: str | None = None
 
     def __post_init__(self) -> None:
         if not _whole(self.seq_len, 2):
@@ -99,6 +106,10 @@ class LMOptions:
             raise BadInput(f"--lm-nll-tolerance {self.nll_tolerance!r}: pass a finite number >= 0")
         if not _number(self.lr) or self.lr <= 0:
             raise BadInput(f"--lm-lr {self.lr!r}: pass a finite learning rate > 0")
+        if self.general_text is not None:  # a path; kept as text so the config stays JSON
+            if not str(self.general_text).strip():
+                raise BadInput("--lm-general-text is empty; pass a .txt file or folder, or leave it out")
+            object.__setattr__(self, "general_text", str(self.general_text))
 
     @classmethod
     def from_dict(cls, d: Any) -> "LMOptions":
@@ -133,6 +144,9 @@ class PruneConfig:
     lr: float = 1e-6                # backbone learning rate
     head_lr: float = 1e-4
     distill: bool = True            # distill from the unpruned personalized model
+    # which unpruned model teaches: "base" (as personalized: the probe / the untouched LM) or
+    # "finetuned" (the fine-tuned reference, trained first with the same budget and recipe)
+    teacher: str = "base"
     refit_head: bool = True         # re-fit the linear head on the pruned features after each step
     # calibration (random sampling)
     calib_samples: int = 64         # images / sequences sampled for scoring
@@ -173,6 +187,8 @@ class PruneConfig:
         methods.get_method(self.method)  # raises BadInput listing valid names
         if self.steps < 1:
             raise BadInput(f"--steps {self.steps}: need at least 1 pruning step")
+        if self.teacher not in TEACHERS:
+            raise BadInput(f"--teacher {self.teacher!r} is not one of {', '.join(TEACHERS)}")
         if self.recovery_steps < 0:
             raise BadInput(f"--recovery-steps {self.recovery_steps}: must be >= 0")
         if not (0.0 <= self.final_share <= 1.0):

@@ -34,6 +34,12 @@ class ImageTask(CompressTask):
     name = "image-classification"
     metric = "accuracy"
 
+    def check(self, loaded, data, cfg):
+        if cfg.lm.general_text is not None:
+            from pocketsize.errors import BadInput
+
+            raise BadInput("--lm-general-text applies to language models only; leave it out for an image model")
+
     def load_data(self, loaded, data, generic, cfg, progress):
         pp = loaded.meta.get("preprocessing") or loaded.adapter.preprocessing(loaded.model)
         if cfg.image_size:

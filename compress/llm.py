@@ -6,12 +6,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from pathlib import Path
 
 import torch
 
 from pocketsize.errors import BadInput
 from pocketsize.loading import Loaded
-from pocketsize.text import TextData, TextSplit, load_text_data, perplexity, token_nll
+from pocketsize.text import TextData, TextSplit, load_general_text, load_text_data, perplexity, token_nll
 
 from .config import PruneConfig
 from .steps import Progress, StepTask, load_generic
@@ -72,6 +73,10 @@ class LMTask(CompressTask):
         if cfg.method == "taylor":
             raise BadInput("--method taylor is not available for language models; use hei, activation, magnitude, "
                            "random or block-influence")
+        general = cfg.lm.general_text
+        if general is not None and not Path(general).exists():
+            raise BadInput(f"--lm-general-text {general} does not exist; pass a .txt file or folder of text that "
+                           "is not the user's (its perplexity shows what pruning forgets), or leave it out")
         if loaded.tokenizer is None and not isinstance(data, TextData):
             raise BadInput(f"{loaded.meta.get('source', 'MODEL')} has no tokenizer; save it next to the model with "
                            "tokenizer.save_pretrained(MODEL_DIR)")
@@ -79,6 +84,9 @@ class LMTask(CompressTask):
     def load_data(self, loaded, data, generic, cfg, progress):
         if not isinstance(data, TextData):
             data = load_text_data(data, loaded.tokenizer, seed=cfg.seed, seq_len=cfg.lm.seq_len)
+        if cfg.lm.general_text and data.general is None:  # a copy: the caller's TextData stays as it was
+            data = dataclasses.replace(data, general=load_general_text(cfg.lm.general_text, loaded.tokenizer,
+                                                                       data.seq_len))
         if isinstance(generic, str):
             generic = load_generic(load_text_data, generic, loaded.tokenizer, seed=cfg.seed, seq_len=data.seq_len)
         return data, generic
@@ -103,6 +111,9 @@ class LMTask(CompressTask):
 
     def evaluate(self, loaded, split):
         return perplexity(loaded, split)
+
+    def general(self, loaded, data):
+        return perplexity(loaded, data.general) if data.general is not None else None
 
     def macs_input(self, data):
         return data.test.ids[:1]

@@ -61,7 +61,17 @@ def prune(model: Loaded | str, data: Any, config: PruneConfig | None = None,
         if teacher is not None:
             touched.append(teacher.model)
         steps = task.step_task(loaded, teacher, data, generic, cfg, progress)
-        finetuned = _finetuned_reference(loaded, steps, task, data, cfg)
+        general = {"base": task.general(loaded, data)}
+        ref = _finetuned_reference(loaded, steps, cfg)
+        finetuned = None
+        if ref is not None:
+            finetuned = task.evaluate(ref, data.test)
+            general["finetuned"] = task.general(ref, data)
+            log.info("fine-tuned unpruned reference: held-out %s %.4f", task.metric, finetuned)
+            if teacher is not None and cfg.teacher == "finetuned":  # the trained reference teaches the pruned model
+                touched.append(ref.model)
+                steps = task.step_task(loaded, ref, data, generic, cfg, progress)
+        del ref  # measured: dropped here unless the steps distill from it
         run = buffered_steps(loaded, steps, run_cfg, params_before, val_before, goal)
         touched.append(run.loaded.model)
         pruned = run.loaded
@@ -72,6 +82,7 @@ def prune(model: Loaded | str, data: Any, config: PruneConfig | None = None,
             raise TargetNotMet(f"could only reach a kept ratio of {kept:.3f} for --ratio {cfg.ratio}; "
                                "pick a ratio the architecture can reach or --method block-influence")
         after = task.evaluate(pruned, data.test)
+        general["after"] = task.general(pruned, data)
         macs_after = count_macs(pruned, x1)
     pruned.refresh_meta()
     pruned.meta["compress"] = {"method": cfg.method, "ratio": cfg.ratio, "seed": cfg.seed}
@@ -81,6 +92,10 @@ def prune(model: Loaded | str, data: Any, config: PruneConfig | None = None,
         "macs_before": macs_before, "macs_after": macs_after,
         "metric": task.metric, "before": before, "after": after,
         "references": {"base": before, "finetuned": finetuned},
+        # the same metric on text that is not the user's (--lm-general-text): what pruning and recovery forget
+        "general": None if general["base"] is None else {
+            "base": general["base"], "finetuned": general.get("finetuned"), "after": general["after"],
+            "text": cfg.lm.general_text},
         "val_before": val_before, "val_after": run.metric, "latency": latency,
         "steps": run.steps, "personalization": fit, "data": data.summary(),
         "config": cfg.to_dict(), "seconds": round(time.time() - t0, 2),
@@ -89,19 +104,16 @@ def prune(model: Loaded | str, data: Any, config: PruneConfig | None = None,
     return Pruned(pruned, plan, report, teacher, data)
 
 
-def _finetuned_reference(loaded: Loaded, steps: StepTask, task: CompressTask, data: Any,
-                         cfg: PruneConfig) -> float | None:
-    """Held-out metric of the *unpruned* model after the same recovery recipe and
-    budget on the same user data: what the user would get without pruning.
-    None when switched off (``--no-finetuned-reference``). The trained copy is
-    only measured, never returned, so it is dropped here, not kept until the run ends."""
-    if not cfg.finetuned_reference:
+def _finetuned_reference(loaded: Loaded, steps: StepTask, cfg: PruneConfig) -> Loaded | None:
+    """The *unpruned* model after the same recovery recipe and budget on the same
+    user data: what the user would get without pruning, and the teacher of
+    ``--teacher finetuned``. None when switched off (``--no-finetuned-reference``)
+    and no teacher needs it."""
+    if not (cfg.finetuned_reference or (cfg.distill and cfg.teacher == "finetuned")):
         return None
     ref = copy.deepcopy(loaded)
     steps.recover(ref, cfg.recovery_steps, cfg.seed + 100, "fine-tuned reference")
-    value = task.evaluate(ref, data.test)
-    log.info("fine-tuned unpruned reference: held-out %s %.4f", task.metric, value)
-    return value
+    return ref
 
 
 LATENCY_TOLERANCE = 0.01  # the final plan's predicted p50 may exceed --target-latency by 1% (one channel group)

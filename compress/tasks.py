@@ -69,6 +69,11 @@ class CompressTask:
     def evaluate(self, loaded: Loaded, split: Any) -> float:
         raise NotImplementedError
 
+    def general(self, loaded: Loaded, data: Any) -> float | None:
+        """The metric on held-out data that is not the user's (forgetting), None when
+        the run has none (``--lm-general-text``)."""
+        return None
+
     def macs_input(self, data: Any) -> torch.Tensor:
         raise NotImplementedError
 

@@ -6,6 +6,7 @@
 * docs/results.md          <- docs/results.jsonl          (``experiments.methods --render-only``)
                               + docs/latency.jsonl        (its latency section, ``experiments.latency``)
 * docs/personalization.md  <- docs/personalization.jsonl  (``experiments.personal --render-only``)
+* docs/recovery.md         <- docs/recovery.jsonl         (``experiments.recovery --render-only``)
 * docs/method.md: every block between ``<!-- generated: NAME -->`` and
   ``<!-- end generated -->`` is re-rendered from the rows (NAME is a key of
   :data:`BLOCKS`); the prose around the blocks is written by hand and must
@@ -67,7 +68,7 @@ def render_method(text: str) -> str:
 
 def pages() -> dict[Path, str]:
     """Every page as the rows render it now."""
-    from experiments import latency, methods, personal
+    from experiments import latency, methods, personal, recovery
 
     out = {}
     results = _rows("results.jsonl")
@@ -80,6 +81,9 @@ def pages() -> dict[Path, str]:
     rows = _rows("personalization.jsonl")
     if rows:
         out[DOCS / "personalization.md"] = personal.render(rows)
+    rows = _rows("recovery.jsonl")
+    if rows:
+        out[DOCS / "recovery.md"] = recovery.page(rows)
     out[DOCS / "method.md"] = render_method((DOCS / "method.md").read_text())
     return out
 
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     stale = []
     for path, text in pages().items():
-        if path.read_text() != text:
+        if not path.exists() or path.read_text() != text:
             stale.append(path)
             if not args.check:
                 path.write_text(text)

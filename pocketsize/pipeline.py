@@ -148,7 +148,7 @@ def summarize_lm(report: dict[str, Any], results: Any, export_dir: Path) -> dict
             "decode_tokens_per_s": r.decode_tokens_per_s, "ttft_ms": r.ttft_ms,
             "peak_rss_mb": r.peak_rss_mb, "perplexity": r.perplexity, "error": r.error}
     return {"perplexity": {"before": report["before"], "after": report["after"], "split": "held-out",
-                           "references": report.get("references")},
+                           "references": report.get("references"), "general": report.get("general")},
             "parity": parity, "tokens_per_s": speed}
 
 

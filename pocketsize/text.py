@@ -58,10 +58,15 @@ class TextData:
     # (file name, start, end) of each document in the token stream; end includes its EOS
     sources: list[tuple[str, int, int]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # listed but empty (whitespace only)
+    # --lm-general-text: held-out text that is not the user's, to see forgetting (load_general_text)
+    general: TextSplit | None = None
 
     def summary(self) -> dict[str, Any]:
-        return {"files": self.files, "tokens": self.tokens, "seq_len": self.seq_len,
-                "train": len(self.train), "val": len(self.val), "test": len(self.test), "unit": "chunks"}
+        out = {"files": self.files, "tokens": self.tokens, "seq_len": self.seq_len,
+               "train": len(self.train), "val": len(self.val), "test": len(self.test), "unit": "chunks"}
+        if self.general is not None:
+            out["general"] = len(self.general)
+        return out
 
 
 # --- reading -------------------------------------------------------------------
@@ -170,6 +175,23 @@ def load_text_data(path: str | Path, tokenizer, seed: int = 0, seq_len: int = SE
     train, val, test, seq_len = split_stream(ids, seed, seq_len)
     return TextData(train, val, test, seq_len, int(ids.numel()), len(files), root=str(path), seed=seed,
                     sources=sources, ignored=sorted(set(texts) - set(docs)))
+
+
+def load_general_text(path: str | Path, tokenizer, seq_len: int, max_chunks: int = MAX_TEST_CHUNKS) -> TextSplit:
+    """Text that is not the user's, for measuring forgetting: ``max_chunks``
+    non-overlapping chunks of ``seq_len`` tokens spread evenly over the whole
+    text. No seed: every run and every seed is judged on the same chunks."""
+    try:
+        ids = tokenize(read_texts(path), tokenizer)
+    except BadInput as e:  # the same checks as --data, said of the flag that named the file
+        raise BadInput(str(e).replace("--data", "--lm-general-text")
+                       .replace("add some of the user's text", "pass text that is not the user's")) from None
+    n = int(ids.numel()) // seq_len
+    if n < 1:
+        raise BadInput(f"--lm-general-text {path} has {ids.numel()} tokens, fewer than one chunk of {seq_len}; "
+                       "pass a longer text")
+    pick = torch.linspace(0, n - 1, min(n, max_chunks)).round().long().unique()
+    return TextSplit(ids[: n * seq_len].reshape(n, seq_len)[pick], pick.tolist())
 
 
 # --- metric --------------------------------------------------------------------

@@ -108,7 +108,8 @@ def test_run_and_demo_pass_every_stage_option_to_the_pipeline(tmp_path, monkeypa
              "--to", "onnx", "--quantize", "int8", "--parity-samples", "4", "--calib-samples", "5",
              "--int8-activations", "dynamic", "--coreml-target", "iOS18", "--no-xnnpack-rewrites",
              "--ratio", "0.6", "--seed", "3", "--steps", "2", "--recovery-steps", "4", "--uniform",
-             "--image-size", "64", "--hei-beta", "0.6", "--hei-score", "pred", "--generic", str(generic)]
+             "--image-size", "64", "--hei-beta", "0.6", "--hei-score", "pred", "--generic", str(generic),
+             "--teacher", "finetuned"]
     for argv in (["run", "M", "--data", str(tmp_path), "--out", str(tmp_path / "o1")],
                  ["demo", "--out", str(tmp_path / "o2")]):
         assert main(argv + flags) == 1  # Stop: an unexpected error, after the configs were built
@@ -116,7 +117,7 @@ def test_run_and_demo_pass_every_stage_option_to_the_pipeline(tmp_path, monkeypa
         cfg, e, b = a[3], k["export_config"], k["bench_config"]
         assert (cfg.ratio, cfg.seed, cfg.steps, cfg.recovery_steps, cfg.uniform, cfg.image_size) == \
             (0.6, 3, 2, 4, True, 64)
-        assert cfg.hei == HeiOptions(beta=0.6, score="pred")
+        assert cfg.hei == HeiOptions(beta=0.6, score="pred") and cfg.teacher == "finetuned"
         assert (e.targets, e.quantize, e.parity_samples, e.calib_samples, e.int8_activations, e.coreml_target,
                 e.xnnpack_rewrites) == (("onnx",), "int8", 4, 5, "dynamic", "iOS18", False)
         assert e.data == (str(tmp_path) if argv[0] == "run" else str(tmp_path / "demo-data"))
@@ -151,6 +152,7 @@ def test_nested_options_round_trip_through_json():
     ({"uniform": "yes"}, "--uniform"),
     ({"lm": {"seq_len": 1}}, r"--lm-seq-len"),
     ({"lm": {"lr": 0}}, r"--lm-lr"),
+    ({"teacher": "oracle"}, r"--teacher 'oracle' is not one of base, finetuned"),
 ])
 def test_bad_nested_options_are_bad_input(d, match):
     with pytest.raises(BadInput, match=match):
@@ -161,7 +163,8 @@ def test_lm_defaults_match_the_text_module():
     from pocketsize.text import SEQ_LEN
 
     assert LMOptions().seq_len == SEQ_LEN
-    assert dataclasses.asdict(LMOptions()) == {"seq_len": SEQ_LEN, "batch_size": 8, "nll_tolerance": 0.5, "lr": 2e-5}
+    assert dataclasses.asdict(LMOptions()) == {"seq_len": SEQ_LEN, "batch_size": 8, "nll_tolerance": 0.5, "lr": 2e-5,
+                                               "general_text": None}
     assert HeiOptions() == HeiOptions(beta=0.3, score="loss")
 
 
@@ -222,8 +225,8 @@ def test_lm_flags_reach_the_config():
 
     args = build_parser().parse_args(["compress", "m", "--data", "d", "--out", "o", "--lm-seq-len", "64",
                                       "--lm-batch-size", "2", "--lm-nll-tolerance", "0.25", "--lm-lr", "1e-4",
-                                      "--hei-beta", "auto"])
+                                      "--hei-beta", "auto", "--lm-general-text", "other.txt"])
     cfg = config_from_args(args)
-    assert cfg.lm == LMOptions(seq_len=64, batch_size=2, nll_tolerance=0.25, lr=1e-4)
+    assert cfg.lm == LMOptions(seq_len=64, batch_size=2, nll_tolerance=0.25, lr=1e-4, general_text="other.txt")
     assert cfg.hei.beta == "auto" and cfg.hei.auto
     assert config_from_args(build_parser().parse_args(["compress", "m", "--data", "d", "--out", "o"])).lm == LMOptions()

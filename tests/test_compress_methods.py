@@ -160,7 +160,7 @@ def test_config_rejects_unknown_method_listing_valid():
 def test_config_roundtrips_through_json():
     cfg = PruneConfig(ratio=0.35, method="hei", seed=7, buffer=False, hei=HeiOptions(beta=0.5))
     d = json.loads(json.dumps(cfg.to_dict()))
-    assert d["version"] == 4 and d["hei"] == {"beta": 0.5, "betas": [0.3, 0.0, 1.0], "score": "loss"}
+    assert d["version"] == 5 and d["teacher"] == "base" and d["hei"] == {"beta": 0.5, "betas": [0.3, 0.0, 1.0], "score": "loss"}
     assert PruneConfig.from_dict(d) == cfg
     with pytest.raises(BadInput, match="unknown PruneConfig keys"):
         PruneConfig.from_dict({**d, "bogus": 1})
@@ -282,3 +282,44 @@ def test_references_are_the_base_and_the_unpruned_model_after_the_same_recovery(
     off = prune(_loaded(tiny_vit), data, dataclasses.replace(FAST, finetuned_reference=False))
     assert off.report["references"] == {"base": off.report["before"], "finetuned": None}
     assert all(stage != "fine-tuned reference" for _, _, stage in calls)
+
+
+def test_general_text_is_refused_for_an_image_model(tiny_vit, data, tmp_path):
+    from pocketsize.compress.config import LMOptions
+
+    with pytest.raises(BadInput, match="--lm-general-text applies to language models only"):
+        prune(_loaded(tiny_vit), data, dataclasses.replace(FAST, lm=LMOptions(general_text=str(tmp_path))))
+
+
+@pytest.mark.parametrize("reference", [True, False])
+def test_teacher_finetuned_distills_from_the_trained_reference(tiny_vit, data, monkeypatch, reference):
+    """--teacher finetuned: every recovery of the pruned model distills from the reference
+    the run trained first (even with --no-finetuned-reference, which then still reports it);
+    --teacher base distills from the untrained copy, as before."""
+    from pocketsize.compress import train
+
+    teachers = {}
+    real = train.recover
+
+    def spy(student, teacher, split, steps, *a, **k):
+        stage = k.get("stage")
+        teachers[stage] = teacher
+        out = real(student, teacher, split, steps, *a, **k)
+        if stage == "fine-tuned reference":
+            teachers["trained"] = student
+        return out
+
+    monkeypatch.setattr(train, "recover", spy)
+    cfg = dataclasses.replace(FAST, recovery_steps=4, teacher="finetuned", finetuned_reference=reference)
+    pruned = prune(_loaded(tiny_vit), data, cfg)
+    recov = [t for stage, t in teachers.items() if stage.startswith("recovery")]
+    assert recov and all(t is teachers["trained"] for t in recov)
+    assert pruned.report["references"]["finetuned"] is not None
+    assert pruned.report["config"]["teacher"] == "finetuned"
+    teachers.clear()
+    prune(_loaded(tiny_vit), data, dataclasses.replace(cfg, teacher="base"))
+    recov = [t for stage, t in teachers.items() if stage.startswith("recovery")]
+    assert recov and all(t is recov[0] and t is not teachers.get("trained") for t in recov)
+    assert ("fine-tuned reference" in teachers) == reference
+    if reference:  # the base copy taught the reference too
+        assert teachers["fine-tuned reference"] is recov[0]

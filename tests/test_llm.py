@@ -112,6 +112,38 @@ def test_prune_leaves_callers_model_stock(corpus):
     assert refs["base"] == p.report["before"] and math.isfinite(refs["finetuned"]) and refs["finetuned"] > 1
 
 
+def test_general_text_perplexity_is_reported_for_base_reference_and_pruned(corpus, tmp_path):
+    """--lm-general-text: the same perplexity on text that is not the user's, for the
+    untouched model, the fine-tuned reference and the pruned model; the chunks are
+    fixed (no seed) and spread over the whole text."""
+    from pocketsize.text import load_general_text
+
+    other = tmp_path / "other.txt"
+    other.write_text(personal_text(seed=7, n=400).upper())  # the same tokenizer, a different distribution
+    loaded = load_model(corpus / "llama")
+    p = prune(loaded, str(corpus / "personal.txt"), cfg(lm=LMOptions(seq_len=64, batch_size=4,
+                                                                     general_text=str(other))))
+    g = p.report["general"]
+    assert g["text"] == str(other) and all(math.isfinite(g[k]) and g[k] > 1 for k in ("base", "finetuned", "after"))
+    split = load_general_text(other, loaded.tokenizer, 64)
+    assert g["base"] == pytest.approx(perplexity(load_model(corpus / "llama"), split), rel=1e-6)
+    assert g["after"] == pytest.approx(perplexity(p.loaded, split), rel=1e-6)
+    assert split.chunks == load_general_text(other, loaded.tokenizer, 64).chunks  # no seed
+    n = len(split)
+    few = load_general_text(other, loaded.tokenizer, 64, max_chunks=4)
+    assert len(few) == 4 and few.chunks[0] == 0 and few.chunks[-1] == split.chunks[-1] == max(split.chunks)
+    assert n >= 4
+    assert prune(load_model(corpus / "llama"), str(corpus / "personal.txt"), cfg()).report["general"] is None
+
+
+@pytest.mark.parametrize("text, match", [("missing.txt", "does not exist"), ("empty.txt", "holds no text")])
+def test_bad_general_text_is_one_line_naming_the_flag(corpus, tmp_path, text, match):
+    (tmp_path / "empty.txt").write_text("  \n")
+    with pytest.raises(BadInput, match=f"--lm-general-text .*{match}"):
+        prune(load_model(corpus / "llama"), str(corpus / "personal.txt"),
+              cfg(lm=LMOptions(seq_len=64, batch_size=4, general_text=str(tmp_path / text))))
+
+
 def test_gpt2_linear_swap_roundtrip(corpus):
     loaded = load_model(corpus / "gpt2")
     ids = torch.randint(0, 300, (1, 16))

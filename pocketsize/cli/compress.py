@@ -39,7 +39,7 @@ def add_prune_args(p: argparse.ArgumentParser, methods) -> None:
     """The compress stage's flags, declared once: `compress`, `run` and `demo` all call this.
 
     Help texts show PruneConfig's own defaults."""
-    from pocketsize.compress.config import HEI_SCORES, PruneConfig
+    from pocketsize.compress.config import HEI_SCORES, TEACHERS, PruneConfig
 
     d = _defaults(PruneConfig)
     p.add_argument("--ratio", type=float, default=None,
@@ -60,6 +60,9 @@ def add_prune_args(p: argparse.ArgumentParser, methods) -> None:
     p.add_argument("--lr", type=float, default=None,
                    help=f"backbone learning rate during recovery (default {d['lr']:g}; language models "
                         f"ignore it and recover at LMOptions.lr {d['lm'].lr:g})")
+    p.add_argument("--teacher", default=None, choices=TEACHERS,
+                   help=f"which unpruned model the recovery distills from: base (as personalized) or finetuned "
+                        f"(the fine-tuned reference, trained first with the same budget) (default {d['teacher']})")
     p.add_argument("--no-refit-head", action="store_true",
                    help="do not re-fit the linear head on the pruned features after each step")
     p.add_argument("--no-finetuned-reference", action="store_true",
@@ -87,6 +90,9 @@ def add_prune_args(p: argparse.ArgumentParser, methods) -> None:
                         f"(default {lm.nll_tolerance})")
     p.add_argument("--lm-lr", type=float, default=None, metavar="LR",
                    help=f"language models: recovery learning rate (default {lm.lr})")
+    p.add_argument("--lm-general-text", default=None, metavar="TEXT",
+                   help="language models: a .txt file or folder that is not the user's text; its perplexity "
+                        "before and after pruning (and for the fine-tuned reference) shows what the model forgets")
     p.add_argument("--plan", default=None, metavar="PLAN.json",
                    help="apply the per-block allocation recorded in another run's plan.json (same MODEL); "
                         "this user's data still picks which heads and channels fill it")
@@ -120,6 +126,8 @@ def config_from_args(args: argparse.Namespace):
         kw["recovery_steps"] = args.recovery_steps
     if args.lr is not None:
         kw["lr"] = args.lr
+    if args.teacher is not None:
+        kw["teacher"] = args.teacher
     if args.no_refit_head:
         kw["refit_head"] = False
     if args.no_finetuned_reference:
@@ -139,7 +147,7 @@ def config_from_args(args: argparse.Namespace):
             given = " and ".join(f"--hei-{k}" for k in hei)
             raise BadInput(f"{given} only apply to --method hei (this run uses --method {args.method})")
         kw["hei"] = HeiOptions(**hei)
-    lm = {k: v for k in ("seq_len", "batch_size", "nll_tolerance", "lr")
+    lm = {k: v for k in ("seq_len", "batch_size", "nll_tolerance", "lr", "general_text")
           if (v := getattr(args, f"lm_{k}")) is not None}
     if lm:
         kw["lm"] = LMOptions(**lm)

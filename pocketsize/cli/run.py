@@ -71,6 +71,11 @@ def print_table(summary: dict[str, Any], results: dict[str, Any], out: Path) -> 
     if ft is not None:
         print(f"unpruned model with the same recovery budget (references.finetuned): {summary['metric']} {ft:.4f}",
               file=sys.stderr)
+    gen = ((summary.get("llm") or {}).get("perplexity") or {}).get("general")
+    if gen:
+        print(f"perplexity on text that is not the user's ({gen['text']}): {gen['base']:.2f} -> {gen['after']:.2f}"
+              + (f", fine-tuned reference {gen['finetuned']:.2f}" if gen.get("finetuned") is not None else ""),
+              file=sys.stderr)
     lat = summary.get("latency")
     if lat:
         print(f"latency ({lat['runtime']}, {lat['threads']} thread(s)): target {lat['target_ms']:g} ms, predicted "
