@@ -93,6 +93,7 @@ def run(model: Any, data: str, out: str | Path, prune_config=None, to: tuple[str
             summary["latency"] = summarize_latency(pruned.report["latency"], summary)
         if pruned.report.get("metric") == "perplexity":
             summary["llm"] = summarize_lm(pruned.report, results, tmp / "export")
+        summary["deployment"] = deployment(results, tmp / "export")
         summary["parity_errors"] = parity_errors
         write_json(tmp / "summary.json", summary)
     return summary
@@ -115,6 +116,36 @@ def summarize(report: dict[str, Any], results: Any, seconds: float) -> dict[str,
             "p50_ms": {f"{v}/{f}": ms for (v, f), ms in sorted(p50.items())},
             "quantize": sorted(set(quant.values())),
             "speedup": speedup, "seconds": round(seconds, 1)}
+
+
+def _parity_word(p) -> str:
+    if not p.checked:
+        return "not checked"
+    return "passed" if p.passed else "FAILED" if p.passed is False else "not compared"
+
+
+def deployment(results: Any, export_dir: Path) -> list[dict[str, Any]]:
+    """One row per artifact the run measured, side by side: its precision, file
+    size, peak memory, p50 (and decode tokens/s for LMs), the user's held-out
+    metric on the artifact, and its parity verdict (a failed check still shows
+    what was measured, flagged)."""
+    from pocketsize.benchmarks.results import Results
+    from pocketsize.export.manifest import Manifest
+
+    parity = {}
+    for variant in ("original", "compressed"):
+        folder = export_dir / variant
+        for a in Manifest.load(folder).artifacts if (folder / "manifest.json").exists() else []:
+            parity[(variant, a.format)] = (_parity_word(a.parity), a.parity.snr_db)
+    rows = []
+    for r in Results.of(results).results:
+        word, snr = parity.get((r.variant, r.format), ("no manifest", None))
+        rows.append({"variant": r.variant, "format": r.format, "precision": r.quantize or "none",
+                     "status": r.status, "file_mb": round(r.bytes / 1e6, 2) if r.bytes else None,
+                     "peak_rss_mb": r.peak_rss_mb, "p50_ms": r.latency_ms.get("p50") if r.ok else None,
+                     "decode_tokens_per_s": r.decode_tokens_per_s, "accuracy": r.accuracy,
+                     "perplexity": r.perplexity, "parity": word, "snr_db": snr})
+    return rows
 
 
 def summarize_latency(lat: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:

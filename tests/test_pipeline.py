@@ -34,6 +34,10 @@ def test_run_writes_every_stage_and_a_summary(tiny_vit, image_folder, tmp_path, 
     assert summary["references"]["base"] == summary["before"] and 0 <= summary["references"]["finetuned"] <= 1
     variants = {r["variant"] for r in json.loads((out / "bench/results.json").read_text())["results"]}
     assert variants == {"original", "compressed"}
+    assert [(d["variant"], d["precision"], d["parity"]) for d in summary["deployment"]] == [
+        ("original", "none", "passed"), ("compressed", "none", "passed")]
+    err = capsys.readouterr().err
+    assert "precision" in err and "parity" in err and "passed" in err  # the table the run prints
 
 
 def test_parity_failure_keeps_the_measured_numbers_and_names_real_paths(tiny_vit, image_folder, tmp_path,
@@ -65,6 +69,10 @@ def test_parity_failure_keeps_the_measured_numbers_and_names_real_paths(tiny_vit
     assert all(".partial-" not in e and str(out) in e for e in summary["parity_errors"]), summary["parity_errors"]
     assert summary["speedup"]["onnx"] > 0 and set(summary["p50_ms"]) == {"original/onnx", "compressed/onnx"}
     assert json.loads((out / "summary.json").read_text())["parity_errors"] == summary["parity_errors"]
+    # the deployment table keeps every measured number, each row flagged with its failed check
+    assert [(d["variant"], d["parity"]) for d in summary["deployment"]] == [("original", "FAILED"),
+                                                                           ("compressed", "FAILED")]
+    assert all(d["p50_ms"] > 0 and d["file_mb"] > 0 and 0 <= d["accuracy"] <= 1 for d in summary["deployment"])
 
 
 def test_int8_run_reports_its_p50_and_speedup(tiny_vit, image_folder, tmp_path):
@@ -83,3 +91,8 @@ def test_int8_run_reports_its_p50_and_speedup(tiny_vit, image_folder, tmp_path):
                            to=["onnx"], quantize="int8", device="local", bench_config=BenchConfig(warmup=1, iterations=3))
     assert summary["quantize"] == ["int8"] and summary["speedup"]["onnx"] > 0
     assert set(summary["p50_ms"]) == {"original/onnx", "compressed/onnx"}
+    # the deployment table: both variants at the same precision, side by side, with their checks
+    rows = {d["variant"]: d for d in summary["deployment"]}
+    assert set(rows) == {"original", "compressed"} and {d["precision"] for d in rows.values()} == {"int8"}
+    assert all(d["parity"] in ("passed", "FAILED") and d["snr_db"] is not None for d in rows.values())
+    assert rows["compressed"]["file_mb"] < rows["original"]["file_mb"]

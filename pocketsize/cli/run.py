@@ -52,15 +52,23 @@ def _num(v: Any) -> str:
     return f"{v:.1f}" if isinstance(v, (int, float)) else "-"
 
 
+def _cell(v: Any, fmt: str) -> str:
+    return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+
 def print_table(summary: dict[str, Any], results: dict[str, Any], out: Path) -> None:
     from pocketsize.benchmarks.report import status_label
 
-    rows = [("variant", "format", "status", "p50 ms", "accuracy/ppl", "bytes")]
-    for r in results.get("results", []):
-        metric = r.get("accuracy") if r.get("accuracy") is not None else r.get("perplexity")
-        rows.append((r["variant"], r["format"], status_label(r),
-                     f"{r['latency_ms']['p50']:.2f}" if r["status"] == "ok" else "-",
-                     f"{metric:.4f}" if isinstance(metric, (int, float)) else "-", str(r.get("bytes", "-"))))
+    # the deployment table: every artifact of the run side by side (summary.json["deployment"])
+    rows = [("variant", "format", "precision", "status", "MB", "peak MB", "p50 ms", "decode tok/s", "accuracy/ppl",
+             "parity")]
+    labels = {(r["variant"], r["format"]): status_label(r) for r in results.get("results", [])}
+    for d in summary.get("deployment", []):
+        metric = d["accuracy"] if d.get("accuracy") is not None else d.get("perplexity")
+        rows.append((d["variant"], d["format"], d["precision"], labels.get((d["variant"], d["format"]), d["status"]),
+                     _cell(d["file_mb"], ".1f"), _cell(d["peak_rss_mb"], ".0f"), _cell(d["p50_ms"], ".2f"),
+                     _cell(d.get("decode_tokens_per_s"), ".1f"), _cell(metric, ".4f"),
+                     d["parity"] + (f" ({d['snr_db']:.1f} dB)" if d.get("snr_db") is not None else "")))
     w = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(str(c).ljust(w[i]) for i, c in enumerate(row)), file=sys.stderr)
