@@ -118,6 +118,16 @@ def summarize(report: dict[str, Any], results: Any, seconds: float) -> dict[str,
             "speedup": speedup, "seconds": round(seconds, 1)}
 
 
+def _artifacts(export_dir: Path):
+    """(variant, manifest artifact) for every artifact the run's exports recorded."""
+    from pocketsize.export.manifest import Manifest
+
+    for variant in ("original", "compressed"):
+        folder = export_dir / variant
+        for a in Manifest.load(folder).artifacts if (folder / "manifest.json").exists() else []:
+            yield variant, a
+
+
 def _parity_word(p) -> str:
     if not p.checked:
         return "not checked"
@@ -130,13 +140,8 @@ def deployment(results: Any, export_dir: Path) -> list[dict[str, Any]]:
     metric on the artifact, and its parity verdict (a failed check still shows
     what was measured, flagged)."""
     from pocketsize.benchmarks.results import Results
-    from pocketsize.export.manifest import Manifest
 
-    parity = {}
-    for variant in ("original", "compressed"):
-        folder = export_dir / variant
-        for a in Manifest.load(folder).artifacts if (folder / "manifest.json").exists() else []:
-            parity[(variant, a.format)] = (_parity_word(a.parity), a.parity.snr_db)
+    parity = {(variant, a.format): (_parity_word(a.parity), a.parity.snr_db) for variant, a in _artifacts(export_dir)}
     rows = []
     for r in Results.of(results).results:
         word, snr = parity.get((r.variant, r.format), ("no manifest", None))
@@ -162,16 +167,13 @@ def summarize_lm(report: dict[str, Any], results: Any, export_dir: Path) -> dict
     """The language-model view: personal perplexity, greedy-token parity per
     artifact, and tokens/s per variant and format."""
     from pocketsize.benchmarks.results import Results
-    from pocketsize.export.manifest import Manifest
 
     parity = {}
-    for variant in ("original", "compressed"):
-        folder = export_dir / variant
-        for a in Manifest.load(folder).artifacts if (folder / "manifest.json").exists() else []:
-            p, g = a.parity, a.parity.greedy or {}
-            parity[f"{variant}/{a.format}"] = {
-                "checked": p.checked, "passed": p.passed, "greedy_tokens": g.get("new_tokens"),
-                "greedy_match": g.get("match"), "max_abs_diff": p.max_abs_diff, "reason": p.reason}
+    for variant, a in _artifacts(export_dir):
+        p, g = a.parity, a.parity.greedy or {}
+        parity[f"{variant}/{a.format}"] = {
+            "checked": p.checked, "passed": p.passed, "greedy_tokens": g.get("new_tokens"),
+            "greedy_match": g.get("match"), "max_abs_diff": p.max_abs_diff, "reason": p.reason}
     speed = {}
     for r in Results.of(results).results:
         speed[f"{r.variant}/{r.format}"] = {

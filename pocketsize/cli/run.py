@@ -48,10 +48,6 @@ def _add_run_args(p: argparse.ArgumentParser, default_to: str) -> None:
     add_bench_args(p, formats=False)  # run benches exactly the --to formats
 
 
-def _num(v: Any) -> str:
-    return f"{v:.1f}" if isinstance(v, (int, float)) else "-"
-
-
 def _cell(v: Any, fmt: str) -> str:
     return format(v, fmt) if isinstance(v, (int, float)) else "-"
 
@@ -87,11 +83,13 @@ def print_table(summary: dict[str, Any], results: dict[str, Any], out: Path) -> 
     lat = summary.get("latency")
     if lat:
         print(f"latency ({lat['runtime']}, {lat['threads']} thread(s)): target {lat['target_ms']:g} ms, predicted "
-              f"{lat['predicted_ms']:.2f} ms, measured {_num(lat['measured_ms'])} ms", file=sys.stderr)
+              f"{lat['predicted_ms']:.2f} ms, measured {_cell(lat['measured_ms'], '.1f')} ms", file=sys.stderr)
     for key, sp_ in (summary.get("llm") or {}).get("tokens_per_s", {}).items():
         par = summary["llm"]["parity"].get(key) or {}
-        print(f"{key}: decode {_num(sp_['decode_tokens_per_s'])} tok/s, prefill {_num(sp_['prefill_tokens_per_s'])} "
-              f"tok/s, ttft {_num(sp_['ttft_ms'])} ms, greedy parity {par.get('greedy_match')}", file=sys.stderr)
+        speeds = ", ".join(f"{name} {_cell(sp_[k], '.1f')} {unit}" for name, k, unit in (
+            ("decode", "decode_tokens_per_s", "tok/s"), ("prefill", "prefill_tokens_per_s", "tok/s"),
+            ("ttft", "ttft_ms", "ms")))
+        print(f"{key}: {speeds}, greedy parity {par.get('greedy_match')}", file=sys.stderr)
     print(f"artifacts: {out}/export   report: {out}/bench/report.html   summary: {out}/summary.json", file=sys.stderr)
 
 
