@@ -9,7 +9,7 @@ from typing import Any
 
 from pocketsize.errors import BadInput
 
-CONFIG_VERSION = 5  # 2: the free-form ``extra`` dict became image_size, uniform, hei and lm; 3: hei.beta "auto", hei.betas, finetuned_reference; 4: target_latency_ms, latency; 5: teacher
+CONFIG_VERSION = 6  # 6: recovery_loss; 2: the free-form ``extra`` dict became image_size, uniform, hei and lm; 3: hei.beta "auto", hei.betas, finetuned_reference; 4: target_latency_ms, latency; 5: teacher
 
 HEI_SCORES = ("loss", "cond", "pred")
 
@@ -74,6 +74,7 @@ class HeiOptions:
 
 
 TEACHERS = ("base", "finetuned")
+RECOVERY_LOSSES = ("logits", "match")  # train.recover says what each one trains on
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,10 @@ class PruneConfig:
     # which unpruned model teaches: "base" (as personalized: the probe / the untouched LM) or
     # "finetuned" (the fine-tuned reference, trained first with the same budget and recipe)
     teacher: str = "base"
+    # what the image recovery trains on: "logits" (the user's labelled images: cross-entropy + KL
+    # on logits) or "match" (function matching: flipped and mixed images, KL on logits + the
+    # distance of the pooled features to the teacher's); language models always train on text
+    recovery_loss: str = "logits"
     refit_head: bool = True         # re-fit the linear head on the pruned features after each step
     # calibration (random sampling)
     calib_samples: int = 64         # images / sequences sampled for scoring
@@ -189,6 +194,8 @@ class PruneConfig:
             raise BadInput(f"--steps {self.steps}: need at least 1 pruning step")
         if self.teacher not in TEACHERS:
             raise BadInput(f"--teacher {self.teacher!r} is not one of {', '.join(TEACHERS)}")
+        if self.recovery_loss not in RECOVERY_LOSSES:
+            raise BadInput(f"--recovery-loss {self.recovery_loss!r} is not one of {', '.join(RECOVERY_LOSSES)}")
         if self.recovery_steps < 0:
             raise BadInput(f"--recovery-steps {self.recovery_steps}: must be >= 0")
         if not (0.0 <= self.final_share <= 1.0):

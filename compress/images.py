@@ -86,5 +86,6 @@ class ImageTask(CompressTask):
             calib=calib, validate=lambda m: train.accuracy(m, data.val),
             harm=lambda current, pruned: current - pruned, harm_name="drop", tolerance=cfg.tolerance,
             recover=lambda m, steps, seed, stage: train.recover(m, teacher, data.train, steps, cfg.lr, cfg.head_lr,
-                                                                cfg.batch_size, seed, progress=progress, stage=stage),
+                                                                cfg.batch_size, seed, progress=progress, stage=stage,
+                                                                loss=cfg.recovery_loss),
             refit=refit if cfg.refit_head else None)

@@ -73,6 +73,9 @@ class LMTask(CompressTask):
         if cfg.method == "taylor":
             raise BadInput("--method taylor is not available for language models; use hei, activation, magnitude, "
                            "random or block-influence")
+        if cfg.recovery_loss != "logits":
+            raise BadInput(f"--recovery-loss {cfg.recovery_loss} applies to image models; a language model recovers "
+                           "on the user's text (leave the flag out)")
         general = cfg.lm.general_text
         if general is not None and not Path(general).exists():
             raise BadInput(f"--lm-general-text {general} does not exist; pass a .txt file or folder of text that "

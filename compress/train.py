@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from pocketsize.data import Split
 from pocketsize.loading import Loaded
 
+from .config import RECOVERY_LOSSES
+
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -152,28 +154,74 @@ def run_steps(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: Calla
     return losses
 
 
+def _mixed(xb: torch.Tensor, yb: torch.Tensor, classes: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Function-matching inputs: each image randomly flipped, then mixed with another of the
+    batch (mixup, weight ~ U(0, 1)); the soft label mixes the two labels the same way."""
+    n = xb.shape[0]
+    flip = (torch.rand(n, generator=g) < 0.5).to(xb.device)
+    x = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+    lam = torch.rand(n, generator=g).to(xb.device)
+    perm = torch.randperm(n, generator=g).to(xb.device)
+    onehot = F.one_hot(yb, classes).float()
+    mix_x = lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * x[perm]
+    return mix_x, lam[:, None] * onehot + (1 - lam[:, None]) * onehot[perm]
+
+
+def feature_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Squared distance of pooled features in units of the teacher's spread across the batch
+    (one scalar: per-feature scaling would weigh near-constant features most)."""
+    sd = teacher.std(0).mean().clamp_min(1e-6)
+    return F.mse_loss(student, teacher) / sd ** 2
+
+
 def recover(student: Loaded, teacher: Loaded | None, train: Split, steps: int, lr: float, head_lr: float,
             batch_size: int, seed: int, temperature: float = 2.0, alpha: float = 0.5,
-            progress: Progress | None = None, stage: str = "recovery") -> list[float]:
-    """Short recovery: cross-entropy on the user's labels, plus (when a teacher
-    is given) KL distillation from the unpruned personalized model."""
+            progress: Progress | None = None, stage: str = "recovery", loss: str = "logits") -> list[float]:
+    """Short recovery on the user's images.
+
+    ``logits``: cross-entropy on the user's labels, plus (when a teacher is given)
+    KL distillation from the unpruned personalized model on the same images.
+    ``match`` (function matching): every step sees new inputs, flipped and
+    mixed pairs of the user's images; the loss is the mixed labels'
+    cross-entropy plus (with a teacher) KL on the logits *and* the distance
+    of the pooled features to the teacher's. On a few hundred labelled images
+    the head re-fit already fits the labels, so ``logits`` has little left to
+    teach (docs/method.md); the features still differ from the teacher's on
+    every input, mixed or not."""
     if steps <= 0:
         return []
     g = torch.Generator().manual_seed(seed)
     if teacher is not None:
         teacher.model.eval()
     dev = device_of(student)
+    ad = student.adapter
+    classes = ad.num_classes(student.model)
 
-    def loss_fn(batch) -> torch.Tensor:
+    def logits_loss(batch) -> torch.Tensor:
         xb, yb = batch[0].to(dev), batch[1].to(dev)
-        logits = student.adapter.logits(student.model, xb)
-        loss = F.cross_entropy(logits, yb)
+        logits = ad.logits(student.model, xb)
+        out = F.cross_entropy(logits, yb)
         if teacher is not None:
             with torch.no_grad():
                 t = teacher.adapter.logits(teacher.model, xb)
-            loss = (1 - alpha) * loss + alpha * distill_kl(logits, t, temperature)
-        return loss
+            out = (1 - alpha) * out + alpha * distill_kl(logits, t, temperature)
+        return out
 
+    def match_loss(batch) -> torch.Tensor:
+        xb, soft = _mixed(batch[0].to(dev), batch[1].to(dev), classes, g)
+        feats = ad.features(student.model, xb)
+        logits = ad.classifier(student.model)(feats)
+        out = F.cross_entropy(logits, soft)
+        if teacher is not None:
+            with torch.no_grad():
+                tf = teacher.adapter.features(teacher.model, xb)
+                tl = teacher.adapter.classifier(teacher.model)(tf)
+            out = (1 - alpha) * out + alpha * (distill_kl(logits, tl, temperature) + feature_mse(feats, tf))
+        return out
+
+    if loss not in RECOVERY_LOSSES:
+        raise ValueError(f"recovery loss {loss!r} is not one of {RECOVERY_LOSSES}")
     return run_steps(student.model, _optimizer(student, lr, head_lr),
-                     lambda: train.batches(batch_size, shuffle=True, generator=g), steps, loss_fn,
+                     lambda: train.batches(batch_size, shuffle=True, generator=g), steps,
+                     match_loss if loss == "match" else logits_loss,
                      warmup=max(1, steps // 5), progress=progress, stage=stage)

@@ -9,7 +9,7 @@ Every row is one real ``compress.prune`` of a Fashion-MNIST user (the methods
 suite's users, 200 images a class) with hei, step buffering on, at one kept
 ratio, one recovery budget (total optimizer steps) and one *recipe*: fields
 of PruneConfig that the recovery reads (``lr``, ``head_lr``, ``distill``,
-``final_share``, ``teacher``, and ``lm_lr`` for language models), written
+``final_share``, ``teacher``, ``recovery_loss``, and ``lm_lr`` for language models), written
 ``lr=1e-5+teacher=finetuned``; ``default`` is the CLI's.
 The row with the first ratio of a (user, seed, budget, recipe) also carries
 the fine-tuned reference: the unpruned model after the same recipe and budget.
@@ -39,7 +39,7 @@ def flag(text: str) -> bool:
 
 
 RECIPE_KEYS = {"lr": float, "head_lr": float, "distill": flag, "final_share": float,
-               "teacher": str, "lm_lr": float}  # lm_lr: LMOptions.lr, the language models' rate
+               "teacher": str, "recovery_loss": str, "lm_lr": float}  # lm_lr: LMOptions.lr, the language models' rate
 DEFAULT = "default"
 # the language models' general text: a fortunes category that is neither user's (other people's prose
 # quotes), the same held-out chunks for every row
@@ -92,7 +92,7 @@ def run_job(job: dict) -> dict:
     cfg = _config(base, job)
     t = time.time()
     r = compress.prune(copy.deepcopy(loaded), data, cfg).report
-    recipe = {k: getattr(cfg, k) for k in RECIPE_KEYS if k != "lm_lr"} | {"lm_lr": cfg.lm.lr}
+    recipe = recipe_config(cfg)
     return {"task": job["task"], "user": job["subset"], "recipe": job["recipe"], "ratio": cfg.ratio,
             "seed": cfg.seed, "budget": cfg.recovery_steps, "metric": r["metric"], "before": r["before"],
             "val_before": r["val_before"], "after": r["after"], "val_after": r["val_after"],
@@ -100,6 +100,11 @@ def run_job(job: dict) -> dict:
             "seconds": round(time.time() - t, 1), "recipe_config": recipe,
             "weights": "gguf q4_1 -> fp32" if job["task"] == "llm" else "fp32", "host": host(cfg.device),
             "cmd": job["cmd"]}
+
+
+def recipe_config(cfg) -> dict:
+    """Every recipe key's value in ``cfg`` (what a row records it ran with)."""
+    return {k: getattr(cfg, k) for k in RECIPE_KEYS if k != "lm_lr"} | {"lm_lr": cfg.lm.lr}
 
 
 def _key(r: dict) -> tuple:

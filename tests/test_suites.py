@@ -151,6 +151,18 @@ def test_recovery_recipes_parse_and_bad_ones_name_the_keys():
         parse_recipe("lr=fast")
 
 
+def test_every_recovery_recipe_key_reaches_the_config_and_the_row():
+    from experiments.recovery import RECIPE_KEYS, _config, recipe_config
+    from pocketsize.compress import PruneConfig
+
+    spec = "lr=2e-6+head_lr=3e-4+distill=0+final_share=0.25+teacher=finetuned+recovery_loss=match+lm_lr=1e-4"
+    cfg = _config(PruneConfig(), {"recipe": spec, "ratio": 0.5, "seed": 0, "budget": 1, "reference": False})
+    row = recipe_config(cfg)
+    assert set(row) == set(RECIPE_KEYS)
+    assert row == {"lr": 2e-6, "head_lr": 3e-4, "distill": False, "final_share": 0.25, "teacher": "finetuned",
+                   "recovery_loss": "match", "lm_lr": 1e-4}
+
+
 def test_recovery_page_shares_the_cut_and_pairs_recipes_budgets_and_references():
     from experiments.recovery import render
 

@@ -39,7 +39,7 @@ def add_prune_args(p: argparse.ArgumentParser, methods) -> None:
     """The compress stage's flags, declared once: `compress`, `run` and `demo` all call this.
 
     Help texts show PruneConfig's own defaults."""
-    from pocketsize.compress.config import HEI_SCORES, TEACHERS, PruneConfig
+    from pocketsize.compress.config import HEI_SCORES, RECOVERY_LOSSES, TEACHERS, PruneConfig
 
     d = _defaults(PruneConfig)
     p.add_argument("--ratio", type=float, default=None,
@@ -63,6 +63,10 @@ def add_prune_args(p: argparse.ArgumentParser, methods) -> None:
     p.add_argument("--teacher", default=None, choices=TEACHERS,
                    help=f"which unpruned model the recovery distills from: base (as personalized) or finetuned "
                         f"(the fine-tuned reference, trained first with the same budget) (default {d['teacher']})")
+    p.add_argument("--recovery-loss", default=None, choices=RECOVERY_LOSSES,
+                   help="image models: what the recovery trains on: logits (the labelled images; cross-entropy + "
+                        "distillation) or match (flipped and mixed images; distillation of logits and features) "
+                        f"(default {d['recovery_loss']})")
     p.add_argument("--no-refit-head", action="store_true",
                    help="do not re-fit the linear head on the pruned features after each step")
     p.add_argument("--no-finetuned-reference", action="store_true",
@@ -128,6 +132,8 @@ def config_from_args(args: argparse.Namespace):
         kw["lr"] = args.lr
     if args.teacher is not None:
         kw["teacher"] = args.teacher
+    if args.recovery_loss is not None:
+        kw["recovery_loss"] = args.recovery_loss
     if args.no_refit_head:
         kw["refit_head"] = False
     if args.no_finetuned_reference:
