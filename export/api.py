@@ -16,6 +16,11 @@ from .source import resolve
 from .targets import get_target
 from .tasks import task_for
 
+
+def check_precision(task: str, config: ExportConfig) -> None:
+    """BadInput when ``config.quantize`` does not apply to models of ``task`` (e.g. int4 on an image model)."""
+    task_for(task).check(config)
+
 log = logging.getLogger(__name__)
 
 
@@ -38,6 +43,7 @@ def export(model: Any, out_dir: str | Path, config: ExportConfig | None = None, 
     for key in config.targets:  # a format that cannot take this task is bad input before any work
         get_target(key, src.task)
     task = task_for(src.task)
+    task.check(config)  # so is a precision it cannot take (int4 on an image model)
     with task.hold(src):
         prep = task.prepare(src, config, data)
         with atomic_dir(out_dir) as tmp:

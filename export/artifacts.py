@@ -37,7 +37,7 @@ def raise_failures(artifacts: list[dict[str, Any]], out_dir: str | Path) -> None
 
 
 def artifact_name(suffix: str, quantize: str) -> str:
-    return f"model.int8{suffix}" if quantize == "int8" else f"model{suffix}"
+    return f"model{suffix}" if quantize == "none" else f"model.{quantize}{suffix}"
 
 
 def export_one(key: str, job: Any, tmp: Path, config: ExportConfig,

@@ -11,7 +11,7 @@ from typing import Any
 from pocketsize.errors import BadInput
 
 CONFIG_VERSION = 1
-QUANTIZE = ("none", "int8")
+QUANTIZE = ("none", "int8", "int4")
 INT8_ACTIVATIONS = ("static", "dynamic")
 _COREML_TARGET = re.compile(r"^(iOS|macOS|tvOS|watchOS)\d+$")
 
@@ -22,7 +22,8 @@ class ExportConfig:
 
     targets: keys of ``pocketsize.export.targets.TARGETS`` (a tuple, or a comma string such
         as ``"executorch,onnx"``).
-    quantize: ``"none"`` (fp32; Core ML fp16 compute) or ``"int8"``.
+    quantize: ``"none"`` (fp32; Core ML fp16 compute), ``"int8"`` or ``"int4"``
+        (causal LMs only: 4-bit grouped weights, see ``int4_group_size``).
     data: the user's ImageFolder; parity runs on the test files of the model
         folder's split.json and int8 calibration on its train files (without a
         split.json all of it is held out). Without data both use seeded random
@@ -35,6 +36,9 @@ class ExportConfig:
         quantized at run time: one scale per token in ExecuTorch/XNNPACK, per
         input tensor in ONNX Runtime; no calibration). Weights are int8 per
         channel either way.
+    int4_group_size: weights per 4-bit group (one scale each, along the input
+        dimension of every Linear): a power of two >= 16 (ONNX Runtime's
+        MatMulNBits takes no other) that divides every Linear's in-features.
     The ``*_atol`` / ``*_snr_db`` / ``*_top1`` fields are the pass thresholds per
     precision; they are written into every parity record.
     Causal LMs (``pocketsize.export.llm``): ``data`` is the user's .txt file or folder (the
@@ -52,12 +56,19 @@ class ExportConfig:
     parity_samples: int = 64
     calib_samples: int = 32
     int8_activations: str = "static"
+    int4_group_size: int = 32
     # thresholds (see export.parity)
     fp32_atol: float = 1e-4          # max |eager - artifact|, scaled by max(1, max|eager|)
     fp16_min_snr_db: float = 30.0
     fp16_min_top1: float = 0.95
     int8_min_snr_db: float = 12.0
     int8_min_top1: float = 0.9       # only enforced on the user's data (random inputs make ties)
+    # int4 LMs (export.llm): the .pte must reproduce its quantized eager twin's greedy
+    # tokens and match its logits to int4_min_snr_db; the .onnx (no eager twin) is
+    # judged against fp32 eager by SNR and the share of greedy steps on eager's token
+    int4_min_snr_db: float = 20.0
+    int4_fp32_min_snr_db: float = 10.0
+    int4_fp32_min_top1: float = 0.75
     # backend options
     onnx_opset: int = 18
     coreml_target: str = "iOS17"
@@ -94,6 +105,10 @@ class ExportConfig:
             raise BadInput(f"--parity-samples {self.parity_samples}: check at least 1 input")
         if self.int8_activations not in INT8_ACTIVATIONS:
             raise BadInput(f"--int8-activations {self.int8_activations!r}: use one of {', '.join(INT8_ACTIVATIONS)}")
+        g = self.int4_group_size
+        if isinstance(g, bool) or not isinstance(g, int) or g < 16 or g & (g - 1):
+            raise BadInput(f"--group-size {g!r}: use a power of two >= 16 (e.g. 32, 64, 128; ONNX Runtime's "
+                           "4-bit MatMul takes no other)")
         if int(self.calib_samples) < 1:
             raise BadInput(f"--calib-samples {self.calib_samples}: calibrate on at least 1 input")
         if not 13 <= int(self.onnx_opset) <= 23:
@@ -112,8 +127,8 @@ class ExportConfig:
 
     def precision(self, fmt: str) -> str:
         """The numeric precision an artifact of format ``fmt`` is written and checked at."""
-        if self.quantize == "int8":
-            return "int8"
+        if self.quantize in ("int8", "int4"):
+            return self.quantize
         return self.coreml_precision if fmt == "coreml" else "fp32"
 
     def to_dict(self) -> dict[str, Any]:

@@ -10,6 +10,15 @@ same inputs, that is exactly "the artifact generates the same greedy
 tokens". ``max_abs_diff`` / SNR compare every logit row (prompt and decode).
 fp32 must match the tokens and ``fp32_atol``; int8 is judged by SNR, and its
 tokens are recorded (quantization may legitimately flip a near-tie).
+
+int4 (causal LMs only): a target that has an eager twin of its quantization
+(``quantized_twin(job)``: the .pte's torchao 8da4w model) is judged against
+that twin: the twin's greedy tokens must be reproduced exactly and its
+logits matched to ``int4_min_snr_db``; the distance to fp32 eager on the same
+tokens is reported beside (``vs_fp32``). A target without one (ONNX Runtime's
+MatMulNBits, Core ML's blockwise weights) is judged against fp32 eager: SNR
+>= ``int4_fp32_min_snr_db`` and at least ``int4_fp32_min_top1`` of the greedy
+steps choosing eager's token. Each record names its ``reference``.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -33,6 +42,7 @@ from .tasks import ExportTask
 
 log = logging.getLogger(__name__)
 
+TWIN_REFERENCE = "quantized eager"  # the eager model a target quantized exactly as its artifact (quantized_twin)
 TOKENIZER_DIR = "tokenizer"  # saved beside the artifacts: apps and bench need it
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -43,9 +53,16 @@ class LMJob:
 
     model: nn.Module          # stock transformers causal LM, eval mode
     cache_len: int            # KV-cache positions (max prompt + generated tokens)
-    quantize: str             # "none" | "int8"
+    quantize: str             # "none" | "int8" | "int4"
     config: ExportConfig
     prompt: torch.Tensor      # (1, P) int64: the parity prompt
+    _memo: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def memo(self, key: str, make: Callable[[], Any]) -> Any:
+        """``make()`` once per job (e.g. the quantized twin both export and parity use)."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
 
     def kv_shapes(self) -> list[tuple[int, int]]:
         from .llm_cache import layer_kv_shapes
@@ -120,22 +137,70 @@ def stepped_logits(step: Step, prompt: torch.Tensor, tokens: list[int]) -> torch
 
 
 def compare_lm(ref: torch.Tensor, out: torch.Tensor, tokens: list[int], prompt_len: int, precision: str,
-               config: ExportConfig) -> dict[str, Any]:
-    """The parity record: logits (parity.compare) plus the greedy tokens."""
-    rec = _parity.compare(ref, out, precision, config)
+               config: ExportConfig, reference: str = "eager") -> dict[str, Any]:
+    """The parity record: logits (parity.compare) plus the greedy tokens.
+
+    The tokens are enforced for fp32 and for a quantized artifact compared with
+    its own eager twin; int4 against fp32 eager needs ``min_greedy_agreement``."""
+    rec = _parity.compare(ref, out, precision, config, reference=reference)
+    if reference != "eager":
+        rec["reference"] = reference
     if out.shape != ref.shape:
         return rec
     got = [int(t) for t in out[prompt_len - 1:].argmax(-1)]
     diverge = next((i for i, (a, b) in enumerate(zip(tokens, got)) if a != b), None)
+    enforced = precision == "fp32" or (precision == "int4" and reference != _parity.FP32_REFERENCE)
     rec["top1_agreement"] = sum(a == b for a, b in zip(tokens, got)) / len(tokens)
     rec["greedy"] = {"new_tokens": len(tokens), "eager": tokens, "artifact": got, "match": diverge is None,
-                     "first_divergence": diverge, "enforced": precision == "fp32"}
+                     "first_divergence": diverge, "enforced": enforced}
     rec["logit_rows"] = {"prompt": prompt_len, "decode": len(tokens) - 1}
-    if diverge is not None and precision == "fp32":
+    why = None
+    if diverge is not None and enforced:
+        why = (f"greedy token {diverge + 1} of {len(tokens)} differs from {reference} "
+               f"({got[diverge]} vs {tokens[diverge]})")
+    need = (rec.get("thresholds") or {}).get("min_greedy_agreement")
+    if need is not None and rec["top1_agreement"] < need:
+        why = f"{rec['top1_agreement']:.3f} of greedy steps choose {reference}'s token < {need:.3f}"
+    if why:
         rec["passed"] = False
-        why = f"greedy token {diverge + 1} of {len(tokens)} differs from eager ({got[diverge]} vs {tokens[diverge]})"
         rec["reason"] = "; ".join(filter(None, [rec.get("reason"), why]))
     return rec
+
+
+@torch.no_grad()
+def teacher_forced(model: nn.Module, prompt: torch.Tensor, tokens: list[int]) -> torch.Tensor:
+    """``model``'s logit rows for ``prompt`` + ``tokens[:-1]`` in one pass: the rows an
+    artifact fed those tokens produces (greedy_reference's rows when they are its own)."""
+    ids = torch.cat([prompt, torch.tensor([tokens[:-1]], dtype=torch.long)], 1)
+    return model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits[0].float()
+
+
+def vs_fp32(model: nn.Module, prompt: torch.Tensor, tokens: list[int], out: torch.Tensor) -> dict[str, Any]:
+    """How far a quantized artifact's logits ``out`` (fed ``tokens``) are from fp32 eager fed the same: a figure."""
+    ref = teacher_forced(model, prompt, tokens)
+    p = int(prompt.shape[1])
+    if ref.shape != out.shape:
+        return {"reference": _parity.FP32_REFERENCE, "reason": f"shape {list(out.shape)} vs {list(ref.shape)}"}
+    same = (ref[p - 1:].argmax(-1) == out[p - 1:].argmax(-1)).float().mean().item()
+    return {"reference": f"{_parity.FP32_REFERENCE}, fed the same tokens", "snr_db": _parity.snr_db(ref, out),
+            "max_abs_diff": float((ref - out).abs().max().item()), "top1_agreement": float(same)}
+
+
+def check_linear_groups(model: nn.Module, group: int) -> None:
+    """BadInput unless ``group`` divides the in-features of every Linear (4-bit groups run along them)."""
+    import math
+
+    ins = {name: int(m.in_features) for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    bad = {n: k for n, k in ins.items() if k % group}
+    if not bad:
+        return
+    g = math.gcd(*ins.values())
+    fits = [s for s in (256, 128, 64, 32, 16) if g % s == 0]
+    name, k = next(iter(bad.items()))
+    fix = f"use --group-size {fits[0]}" if fits else "no 4-bit group size (a power of two >= 16) divides them all; " \
+        "use --quantize int8"
+    raise BadInput(f"--group-size {group} does not divide the in-features of {len(bad)} Linear layer(s) "
+                   f"(e.g. {name}: {k}); {fix}")
 
 
 # --- export ----------------------------------------------------------------------
@@ -158,12 +223,15 @@ class LMExport(ExportTask):
     """The causal-lm task of ``pocketsize.export.api.export``: KV-cached decoders checked by greedy tokens."""
 
     name = "causal-lm"
+    quantize = ("none", "int8", "int4")
 
     def prepare(self, src: Source, config: ExportConfig, data: Any) -> Any:
         from .tasks import Prepared
 
         loaded = src.loaded
         model = loaded.model.eval()
+        if config.quantize == "int4":  # before any work: the groups must tile every Linear
+            check_linear_groups(model, int(config.int4_group_size))
         split = lm_split(src, config, data)
         prompt, record = parity_prompt(loaded, config)
         p = int(prompt.shape[1])
@@ -175,8 +243,17 @@ class LMExport(ExportTask):
             if v is not None and v.reason:  # its runtime is not on this host: nothing compared, never a fake pass
                 return _with_structure({"checked": False, "passed": None, "reason": v.reason,
                                         "max_abs_diff": None, "top1_agreement": None}, v)
-            return _with_structure(compare_lm(ref, stepped_logits(target.stepper(path, job), prompt, tokens),
-                                              tokens, p, config.precision(target.FORMAT), config), v)
+            precision = config.precision(target.FORMAT)
+            twin = target.quantized_twin(job) if precision == "int4" and hasattr(target, "quantized_twin") else None
+            if twin is None:
+                reference = _parity.FP32_REFERENCE if precision == "int4" else "eager"
+                out = stepped_logits(target.stepper(path, job), prompt, tokens)
+                return _with_structure(compare_lm(ref, out, tokens, p, precision, config, reference), v)
+            q_tokens, q_ref = job.memo("twin-greedy", lambda: greedy_reference(twin, prompt, len(tokens)))
+            out = stepped_logits(target.stepper(path, job), prompt, q_tokens)
+            rec = compare_lm(q_ref, out, q_tokens, p, precision, config, TWIN_REFERENCE)
+            rec["vs_fp32"] = vs_fp32(model, prompt, q_tokens, out)
+            return _with_structure(rec, v)
 
         def manifest(artifacts: list[dict[str, Any]], out: Path, seconds: float) -> dict[str, Any]:
             tok = _save_tokenizer(loaded, out)

@@ -50,6 +50,8 @@ class Parity(Record):
     greedy: dict[str, Any] | None = opt()        # causal LMs: greedy tokens, eager vs artifact
     logit_rows: dict[str, int] | None = opt()    # causal LMs
     structure: dict[str, Any] | None = opt()     # Core ML: the saved program's inputs/outputs/ops
+    reference: str | None = opt()                # quantized LMs: what was compared ("quantized eager", "fp32 eager")
+    vs_fp32: dict[str, Any] | None = opt()       # int4 .pte: its distance to fp32 eager (a figure, not a check)
 
 
 @dataclasses.dataclass(frozen=True)

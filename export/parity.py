@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 SNR_CAP_DB = 300.0  # identical outputs: report a large finite number (JSON has no inf)
+FP32_REFERENCE = "fp32 eager"  # a quantized artifact without an eager twin is compared with this
 
 
 def snr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
@@ -36,7 +37,14 @@ def _non_finite(ref: torch.Tensor, out: torch.Tensor) -> str | None:
     return None
 
 
-def thresholds(precision: str, config: Any, on_user_data: bool) -> dict[str, float]:
+def thresholds(precision: str, config: Any, on_user_data: bool, reference: str = "eager") -> dict[str, float]:
+    """The pass thresholds of one check. ``reference``: what the artifact is
+    compared with; int4 distinguishes its quantized eager twin from fp32 eager."""
+    if precision == "int4":
+        if reference == FP32_REFERENCE:  # no eager twin: loose, and the greedy steps count too (export.llm)
+            return {"min_snr_db": float(config.int4_fp32_min_snr_db),
+                    "min_greedy_agreement": float(config.int4_fp32_min_top1)}
+        return {"min_snr_db": float(config.int4_min_snr_db)}
     if precision == "fp32":
         return {"max_abs_diff": float(config.fp32_atol)}
     if precision == "fp16":
@@ -51,7 +59,7 @@ def thresholds(precision: str, config: Any, on_user_data: bool) -> dict[str, flo
 
 
 def compare(ref: torch.Tensor, out: torch.Tensor, precision: str, config: Any,
-            labels: torch.Tensor | None = None, on_user_data: bool = False) -> dict[str, Any]:
+            labels: torch.Tensor | None = None, on_user_data: bool = False, reference: str = "eager") -> dict[str, Any]:
     """Parity record for one artifact (the manifest's ``parity`` object).
 
     fp32 must match to ``fp32_atol`` scaled by the logits' magnitude (an
@@ -66,7 +74,7 @@ def compare(ref: torch.Tensor, out: torch.Tensor, precision: str, config: Any,
     if bad is not None:  # NaN compares False with every threshold: never let it pass
         return {"checked": True, "passed": False, "samples": int(ref.shape[0]), "precision": precision,
                 "max_abs_diff": None, "mean_abs_diff": None, "snr_db": None, "top1_agreement": None,
-                "thresholds": thresholds(precision, config, on_user_data), "reason": bad}
+                "thresholds": thresholds(precision, config, on_user_data, reference), "reason": bad}
     diff = (ref - out).abs()
     rec: dict[str, Any] = {
         "checked": True,
@@ -81,7 +89,7 @@ def compare(ref: torch.Tensor, out: torch.Tensor, precision: str, config: Any,
     if labels is not None:
         rec["accuracy"] = {"eager": float((ref.argmax(-1) == labels).float().mean().item()),
                            "artifact": float((out.argmax(-1) == labels).float().mean().item())}
-    t = thresholds(precision, config, on_user_data)
+    t = thresholds(precision, config, on_user_data, reference)
     rec["thresholds"] = t
     problems = []
     if "max_abs_diff" in t:

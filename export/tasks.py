@@ -29,6 +29,16 @@ class Prepared:
 
 class ExportTask:
     name: str = ""
+    quantize: tuple[str, ...] = ("none", "int8")   # the --quantize values this task's targets take
+
+    def check(self, config: Any) -> None:
+        """BadInput, before any work, for a precision this task cannot take."""
+        from pocketsize.errors import BadInput
+
+        if config.quantize not in self.quantize:
+            fix = "use --quantize int8" if "int8" in self.quantize else f"use --quantize {self.quantize[0]}"
+            raise BadInput(f"--quantize {config.quantize} does not apply to {self.name} models (they take "
+                           f"{', '.join(self.quantize)}; int4 is for language models); {fix}")
 
     def hold(self, src: Any) -> ContextManager:
         """Held around preparing and exporting (e.g. frozen weights)."""

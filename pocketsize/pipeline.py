@@ -55,6 +55,11 @@ def run(model: Any, data: str, out: str | Path, prune_config=None, to: tuple[str
         export_cfg_orig = export_config if export_config.data is not None else \
             dataclasses.replace(export_config, data=data)
     bench_cfg = bench_config or benchmarks.BenchConfig()
+    if export_cfg_orig.quantize == "int4":  # a precision the model's task cannot take: exit 2 before compress
+        from .loading import Loaded, load_model
+
+        model = model if isinstance(model, Loaded) else load_model(model)
+        export.check_precision(model.task, export_cfg_orig)
     if isinstance(device, str):  # parse --device now (no connection): a typo must not cost a compress
         from pocketsize.benchmarks.devices import check_device_spec
 

@@ -341,7 +341,7 @@ def test_parity_failure_raises_after_writing(tmp_path):
 @pytest.mark.parametrize("kwargs, needle", [
     (dict(targets="executorch,tflite"), "valid: executorch, onnx, coreml"),
     (dict(targets=""), "--to is empty"),
-    (dict(quantize="int4"), "--quantize"),
+    (dict(quantize="int2"), "--quantize"),
     (dict(data="/nonexistent/data"), "--data"),
     (dict(parity_samples=0), "--parity-samples"),
     (dict(coreml_target="android"), "iOS17"),

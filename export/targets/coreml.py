@@ -105,14 +105,23 @@ def compute_precision(config: Any) -> Any:
     return ct.precision.FLOAT16 if config.coreml_precision == "fp16" else ct.precision.FLOAT32
 
 
-def quantize_int8(ml: Any) -> tuple[Any, dict[str, Any]]:
-    """Weight-only int8 (symmetric, per output channel) of a converted mlprogram."""
+def quantize_weights(ml: Any, quantize: str = "int8", group_size: int = 32) -> tuple[Any, dict[str, Any]]:
+    """Weight-only quantization of a converted mlprogram, symmetric: int8 per output
+    channel, or int4 per block of ``group_size`` input weights (blockwise int4
+    needs iOS18 / macOS15, which language models get anyway)."""
     from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
 
-    cfg = OptimizationConfig(global_config=OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8"))
-    return linear_quantize_weights(ml, config=cfg), {
-        "tool": "coremltools.optimize.coreml.linear_quantize_weights", "scheme": "weight-only",
-        "weights": "int8 symmetric per-channel", "calibration_samples": 0}
+    if quantize == "int4":
+        op = OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_block",
+                                     block_size=int(group_size))
+        words: dict[str, Any] = {"weights": f"int4 symmetric, one scale per block of {group_size} input weights",
+                                 "bits": 4, "group_size": int(group_size), "symmetric": True}
+    else:
+        op = OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8")
+        words = {"weights": "int8 symmetric per-channel"}
+    return linear_quantize_weights(ml, config=OptimizationConfig(global_config=op)), {
+        "tool": "coremltools.optimize.coreml.linear_quantize_weights", "scheme": "weight-only", **words,
+        "calibration_samples": 0}
 
 
 def export(job: Job, path: Path) -> dict[str, Any]:
@@ -135,7 +144,7 @@ def _export(job: Job, path: Path) -> dict[str, Any]:
                                 "deployment_target": job.config.coreml_target,
                                 "compute_precision": job.config.coreml_precision}
         if job.quantize == "int8":
-            ml, info["quantization"] = quantize_int8(ml)
+            ml, info["quantization"] = quantize_weights(ml)
         ml.save(str(path))
         deterministic_package(path)
     except BadInput:

@@ -15,7 +15,9 @@ Core ML instead of copying it in and out every token, so the deployment
 target is raised to iOS18 when ``coreml_target`` is lower. Inputs are int32
 (Core ML has no int64 arrays). fp16 compute by default (``coreml_precision``;
 the states are then fp16 too), logits come back as fp32. int8: weight-only,
-per channel, as for image models.
+per channel, as for image models; int4: weight-only, symmetric, one scale per
+block of ``int4_group_size`` input weights (constexpr_blockwise_shift_scale,
+counted by verify()).
 
 coremltools converts on any OS but predicts only on macOS. There, parity runs
 the greedy check through ``make_state()`` + ``predict(..., state=...)``;
@@ -34,7 +36,7 @@ import torch
 from . import Verified, failure
 from .coreml import (BACKEND, NO_PREDICT_REASON, _can_predict, compute_precision, deployment_target,
                      deterministic_package, import_coremltools,
-                     quantize_int8, quiet_coremltools)
+                     quantize_weights, quiet_coremltools)
 from .coreml import structure_of as image_structure
 
 FORMAT = "coreml"
@@ -43,6 +45,7 @@ INPUTS = ["input_ids", "cache_position"]
 OUTPUT = "logits"
 STATEFUL_TARGET = "iOS18"   # first Core ML with model state (macOS 15)
 STATEFUL_SPEC = 9           # its specificationVersion
+BLOCKWISE_OP = "constexpr_blockwise_shift_scale"  # iOS18's per-block dequantization of a constant weight
 
 
 def state_names(n_layers: int) -> list[str]:
@@ -109,8 +112,8 @@ def _export(job: Any, path: Path) -> dict[str, Any]:
         ml = ct.convert(_exported(job), convert_to="mlprogram", minimum_deployment_target=target,
                         compute_precision=compute_precision(job.config),
                         outputs=[ct.TensorType(name=OUTPUT, dtype=np.float32)], skip_model_load=not _can_predict())
-        if job.quantize == "int8":
-            ml, info["quantization"] = quantize_int8(ml)
+        if job.quantize != "none":
+            ml, info["quantization"] = quantize_weights(ml, job.quantize, int(job.config.int4_group_size))
         ml.save(str(path))
         deterministic_package(path)
     except Exception as e:
@@ -156,6 +159,8 @@ def problems_in(structure: dict[str, Any], job: Any) -> list[str]:
         problems.append(f"spec version {structure['spec_version']} < {STATEFUL_SPEC} (iOS18): no model state")
     if structure["ops"].get("write_state", 0) != len(want):  # each cache written once per call
         problems.append(f"{structure['ops'].get('write_state', 0)} write_state ops for {len(want)} states")
+    if job.quantize == "int4" and not structure["ops"].get(BLOCKWISE_OP):
+        problems.append(f"no {BLOCKWISE_OP} op: the weights were not quantized blockwise")
     return problems
 
 

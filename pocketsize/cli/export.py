@@ -1,4 +1,4 @@
-"""`pocketsize export MODEL_DIR --to executorch,onnx,coreml [--quantize none|int8] [--data DATA] --out DIR`.
+"""`pocketsize export MODEL_DIR --to executorch,onnx,coreml [--quantize none|int8|int4] [--data DATA] --out DIR`.
 
 Parses flags and calls export.export; nothing else.
 """
@@ -43,7 +43,11 @@ def add_export_args(p: argparse.ArgumentParser, default_to: str | None = None) -
     else:
         p.add_argument("--to", default=default_to, metavar="TARGETS",
                        help=f"comma-separated export formats: {','.join(target_names())} (default {default_to})")
-    p.add_argument("--quantize", default=d.quantize, choices=list(QUANTIZE), help=f"precision (default {d.quantize})")
+    p.add_argument("--quantize", default=d.quantize, choices=list(QUANTIZE),
+                   help=f"precision (default {d.quantize}); int4 (4-bit grouped weights) is for language models")
+    p.add_argument("--group-size", type=int, default=d.int4_group_size, metavar="N",
+                   help="int4: weights per 4-bit group, a power of two >= 16 dividing every Linear's "
+                        f"in-features (default {d.int4_group_size})")
     p.add_argument("--parity-samples", type=int, default=d.parity_samples, metavar="N",
                    help=f"held-out inputs each artifact is checked on, from every class (default {d.parity_samples})")
     p.add_argument("--calib-samples", type=int, default=d.calib_samples, metavar="N",
@@ -64,7 +68,7 @@ def export_config_from_args(args: argparse.Namespace, data: str | None = None):
 
     return ExportConfig(targets=args.to, quantize=args.quantize, data=data,
                         parity_samples=args.parity_samples, calib_samples=args.calib_samples,
-                        int8_activations=args.int8_activations,
+                        int8_activations=args.int8_activations, int4_group_size=args.group_size,
                         coreml_target=args.coreml_target, xnnpack_rewrites=not args.no_xnnpack_rewrites)
 
 
