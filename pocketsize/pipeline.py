@@ -60,6 +60,7 @@ def run(model: Any, data: str, out: str | Path, prune_config=None, to: tuple[str
 
         model = model if isinstance(model, Loaded) else load_model(model)
         export.check_precision(model.task, export_cfg_orig)
+        prune_config = int4_widths(prune_config or compress.PruneConfig(), int(export_cfg_orig.int4_group_size))
     if isinstance(device, str):  # parse --device now (no connection): a typo must not cost a compress
         from pocketsize.benchmarks.devices import check_device_spec
 
@@ -104,6 +105,20 @@ def run(model: Any, data: str, out: str | Path, prune_config=None, to: tuple[str
     return summary
 
 
+def int4_widths(cfg, group: int):
+    """The prune config for a run that exports 4-bit groups of ``group`` weights: MLP widths
+    in multiples of the group too, so every pruned Linear's in-features hold whole groups
+    (with the default multiple of 8 the export would refuse the pruned model after the
+    whole compress). Head counts are left alone: their in-features are heads x head_dim."""
+    import dataclasses
+    import math
+
+    multiple = math.lcm(int(cfg.channel_multiple), group)
+    if multiple != cfg.channel_multiple:
+        log.info("--quantize int4 --group-size %d: MLP widths pruned in multiples of %d", group, multiple)
+    return dataclasses.replace(cfg, channel_multiple=multiple)
+
+
 def summarize(report: dict[str, Any], results: Any, seconds: float) -> dict[str, Any]:
     from pocketsize.benchmarks.results import Results
 
@@ -146,11 +161,13 @@ def deployment(results: Any, export_dir: Path) -> list[dict[str, Any]]:
     what was measured, flagged)."""
     from pocketsize.benchmarks.results import Results
 
-    parity = {(variant, a.format): (_parity_word(a.parity), a.parity.snr_db) for variant, a in _artifacts(export_dir)}
+    parity = {(variant, a.format): (_parity_word(a.parity), a.parity.snr_db, a.precision)
+              for variant, a in _artifacts(export_dir)}
     rows = []
     for r in Results.of(results).results:
-        word, snr = parity.get((r.variant, r.format), ("no manifest", None))
-        rows.append({"variant": r.variant, "format": r.format, "precision": r.quantize or "none",
+        word, snr, precision = parity.get((r.variant, r.format), ("no manifest", None, None))
+        # the precision the artifact was written at (fp32, Core ML's fp16, int8, int4), not the flag
+        rows.append({"variant": r.variant, "format": r.format, "precision": precision or r.quantize or "none",
                      "status": r.status, "file_mb": round(r.bytes / 1e6, 2) if r.bytes else None,
                      "peak_rss_mb": r.peak_rss_mb, "p50_ms": r.latency_ms.get("p50") if r.ok else None,
                      "decode_tokens_per_s": r.decode_tokens_per_s, "accuracy": r.accuracy,

@@ -188,3 +188,28 @@ def test_precision_and_failed_int4_parity_keeps_its_numbers():
     assert rec["snr_db"] is not None and rec["max_abs_diff"] > 0 and rec["top1_agreement"] == pytest.approx(2 / 3)
     loose = compare_lm(ref, out, tokens, 4, "int4", c, "fp32 eager")  # 2/3 of steps < 0.75
     assert loose["passed"] is False and "greedy steps" in loose["reason"] and loose["greedy"]["enforced"] is False
+
+
+def test_run_int4_prunes_in_whole_groups(tmp_path):
+    """`run --quantize int4` composes: the pruned MLP widths are multiples of the group size
+    (with the default multiple of 8 the export would refuse the pruned model), and both
+    variants are exported at int4 and pass parity."""
+    pytest.importorskip("executorch")
+    pytest.importorskip("onnxruntime")
+    from pocketsize.cli import main
+
+    corpus = write_corpus(tmp_path / "c", ["llama"], layers=4, mlp=256)
+    out = tmp_path / "run"
+    rc = main(["--quiet", "run", str(corpus / "llama"), "--data", str(corpus / "personal.txt"), "--ratio", "0.8",
+               "--to", "executorch,onnx", "--quantize", "int4", "--group-size", "32", "--device", "local",
+               "--out", str(out), "--warmup", "0", "--iterations", "1", "--recovery-steps", "2",
+               "--no-finetuned-reference", "--prompt-tokens", "8", "--decode-tokens", "2"])
+    assert rc == 0
+    report = json.loads((out / "compress" / "compress_report.json").read_text())
+    assert report["config"]["channel_multiple"] == 32
+    widths = [layer["mlp_hidden"] for layer in json.loads((out / "compress" / "model" / "pocketsize.json")
+                                                          .read_text())["layers"]]
+    assert widths and all(w % 32 == 0 for w in widths) and min(widths) < 256, widths
+    summary = json.loads((out / "summary.json").read_text())
+    assert not summary.get("parity_errors")
+    assert {row["precision"] for row in summary["deployment"]} == {"int4"}

@@ -35,7 +35,7 @@ def test_run_writes_every_stage_and_a_summary(tiny_vit, image_folder, tmp_path, 
     variants = {r["variant"] for r in json.loads((out / "bench/results.json").read_text())["results"]}
     assert variants == {"original", "compressed"}
     assert [(d["variant"], d["precision"], d["parity"]) for d in summary["deployment"]] == [
-        ("original", "none", "passed"), ("compressed", "none", "passed")]
+        ("original", "fp32", "passed"), ("compressed", "fp32", "passed")]
     err = capsys.readouterr().err
     assert "precision" in err and "parity" in err and "passed" in err  # the table the run prints
 
