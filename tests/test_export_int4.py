@@ -86,9 +86,102 @@ def test_int4_onnx_passes_against_fp32_eager(exported):
     assert p["snr_db"] >= 10.0 and p["top1_agreement"] >= 0.75
     q = a["quantization"]
     assert q["bits"] == 4 and q["group_size"] == 32 and q["matmuls_quantized"] == 8 and "MatMulNBits" in q["tool"]
-    nodes = [n for n in onnx.load(str(exported["int4"] / a["path"])).graph.node if n.op_type == "MatMulNBits"]
-    assert len(nodes) == 8
-    assert all({x.name: x.i for x in n.attribute}["block_size"] == 32 for n in nodes)
+    assert q["settings"] == {"group_size": 32, "scheme": "minmax", "head_bits": 8, "embedding": True,
+                             "accuracy_level": 4}
+    assert q["lm_head_tied"] is True and "lm_head's table" in q["embedding"]
+    model = onnx.load(str(exported["int4"] / a["path"]))
+    nodes = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    attrs = [{x.name: x.i for x in n.attribute} for n in nodes]
+    assert len(nodes) == 8 and all(x["block_size"] == 32 for x in attrs)
+    assert sorted(x["bits"] for x in attrs) == [4] * 7 + [8]  # the lm_head at 8 bits
+    # the tied table is stored once, 8-bit: the embedding's Gather reads the lm_head's weight
+    (gather,) = [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
+    head = nodes[[x["bits"] for x in attrs].index(8)]
+    assert gather.input[0] == head.input[1]
+    assert not [i for i in model.graph.initializer if list(i.dims) in ([320, 64], [64, 320])]  # no fp32 table
+
+
+def _tiny_lm_onnx(tied: bool, k: int = 64, f: int = 128, v: int = 96):
+    """ids -> Gather(E) -> MatMul(W1) -> MatMul(W2) -> MatMul(head) -> logits, after quant_pre_process's
+    folding (the tied head is E transposed, a second initializer); weights and the numpy reference."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = {"E": rng.normal(0, 1, (v, k)), "W1": rng.normal(0, 0.1, (k, f)) + 0.05, "W2": rng.normal(0, 0.1, (f, k))}
+    w["H"] = w["E"].T.copy() if tied else rng.normal(0, 1, (k, v))
+    w = {n: a.astype(np.float32) for n, a in w.items()}
+    nodes = [helper.make_node("Gather", ["E", "ids"], ["x0"]), helper.make_node("MatMul", ["x0", "W1"], ["x1"]),
+             helper.make_node("MatMul", ["x1", "W2"], ["x2"]), helper.make_node("MatMul", ["x2", "H"], ["logits"])]
+    graph = helper.make_graph(nodes, "lm", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, None])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, None, v])],
+                              [numpy_helper.from_array(a, n) for n, a in w.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), w
+
+
+def _run(model, ids):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, {"ids": ids})[0][0]
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_int4_onnx_rewrite_computes_the_dequantized_weights(tied):
+    """quantize_model's graph computes x @ dequantize(weights): the 4-bit body with its block offsets
+    (float zero points through the kernel's fast path), the 8-bit lm_head, the embedding read from the
+    lm_head's table when tied (its own 8-bit table otherwise); the file keeps no fp32 copy of either."""
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    import onnx
+
+    from pocketsize.export.int4_onnx import Int4Settings, dequantize, quantize_blocks, quantize_model
+
+    model, w = _tiny_lm_onnx(tied)
+    fp32_bytes = model.ByteSize()
+    ids = np.array([[3, 17, 95, 0, 42]], dtype=np.int64)
+    done = quantize_model(model, Int4Settings(group_size=32, accuracy_level=0))  # fp32 activations in the body
+    assert done["matmuls_quantized"] == 3 and done["lm_head_tied"] is tied and done["lm_head_bits"] == 8
+    assert done["embedding"].startswith("int8") and ("lm_head's table" in done["embedding"]) is tied
+    assert not {"E", "H"} & {i.name for i in model.graph.initializer}  # no fp32 table left
+    assert model.ByteSize() < fp32_bytes / 3
+    dq = {n: dequantize(*quantize_blocks(np.ascontiguousarray(w[n].T), 32, 4, "minmax"), 4).T for n in ("W1", "W2")}
+    head = dequantize(*quantize_blocks(np.ascontiguousarray(w["H"].T), 32, 8, "symmetric"), 8)  # (V, K)
+    emb = head if tied else dequantize(*quantize_blocks(w["E"], 32, 8, "symmetric"), 8)
+    x2 = emb[ids[0]] @ dq["W1"] @ dq["W2"]
+    out = _run(model, ids)
+    body = out - x2 @ head.T
+    assert np.abs(body).max() < 0.02 * np.abs(out).max()  # the lm_head runs with int8 activations
+    assert np.corrcoef(out.ravel(), (x2 @ head.T).ravel())[0, 1] > 0.999
+    onnx.checker.check_model(model)
+    kept, _ = _tiny_lm_onnx(tied)  # embedding=False: the Gather keeps its fp32 table, and the file is larger
+    assert quantize_model(kept, Int4Settings(group_size=32, embedding=False))["embedding"] == "fp32"
+    assert "E" in {i.name for i in kept.graph.initializer} and kept.ByteSize() > model.ByteSize() + 96 * 64 * 2
+
+
+def test_minmax_blocks_reproduce_a_q4_1_grid_and_8bit_a_q8_0_grid():
+    """A weight already on a GGUF Q4_1 grid (blocks of 32: min + d * q, q in 0..15) is reproduced exactly by
+    the min-max scheme and not by the symmetric one; a Q8_0 grid (d * q, |q| <= 127) by 8-bit symmetric."""
+    import numpy as np
+
+    from pocketsize.export.int4_onnx import dequantize, quantize_blocks
+
+    rng = np.random.default_rng(0)
+    n, k = 8, 64
+    d, m = rng.uniform(0.01, 0.05, (n, k // 32, 1)), rng.uniform(-0.4, -0.1, (n, k // 32, 1))
+    q = rng.integers(0, 16, (n, k // 32, 32))
+    q[..., 0], q[..., 1] = 0, 15  # llama.cpp's Q4_1 maps each block's min and max to 0 and 15
+    w = (m + d * q).reshape(n, k).astype(np.float32)
+    back = dequantize(*quantize_blocks(w, 32, 4, "minmax"), 4)
+    assert np.abs(back - w).max() < 1e-6
+    sym = dequantize(*quantize_blocks(w, 32, 4, "symmetric"), 4)
+    assert np.abs(sym - w).max() > 1e-3
+    q8 = rng.integers(-127, 128, (n, k // 32, 32))
+    q8[..., 0] = 127
+    w8 = (d * q8).reshape(n, k).astype(np.float32)
+    assert np.abs(dequantize(*quantize_blocks(w8, 32, 8, "symmetric"), 8) - w8).max() < 1e-6
 
 
 def test_int4_files_are_smaller_than_int8(exported):

@@ -8,11 +8,10 @@ caller starts with zeros and feeds every step's ``present_*`` back as the
 next step's cache (ONNX graphs hold no state). T is dynamic: prefill and
 decode are the same graph. int8: onnxruntime dynamic quantization of MatMul
 / Gemm weights (per channel), as for image models. int4: ONNX Runtime's
-MatMulNBits (4-bit blockwise weights, one fp32 scale per block of
-``int4_group_size`` input weights, symmetric like the .pte's 8da4w), see
-quantize_int4. Both run after quant_pre_process, which folds the tied
-lm_head's transpose into a constant, so the lm_head is quantized too (the
-embedding Gather keeps the fp32 table).
+MatMulNBits (4-bit blocks of ``int4_group_size`` input weights, each
+block's min and max exact: Q4_1's grid), the lm_head and the embedding as
+one 8-bit table (GatherBlockQuantized reads the lm_head's), see
+quantize_int4 and export/int4_onnx.py. Both run after quant_pre_process.
 """
 
 from __future__ import annotations
@@ -68,36 +67,32 @@ def _quantize(job: Any, src: Path, dest: Path, tmp: Path) -> dict[str, Any]:
     return quantize_dynamic_int8(pre, dest)
 
 
-# MatMulNBits' accuracy_level: unset (0) dequantizes the 4-bit weights and
-# multiplies in fp32, the kernel closest to fp32 eager; 4 quantizes activations
-# to int8 (ExecuTorch's 8da4w arithmetic). See docs/int4.md for both on this host.
-ACCURACY_LEVEL: int | None = None
-SYMMETRIC = True  # as torchao's 8da4w and Core ML's linear_symmetric: one 4-bit grid everywhere
-
-
 def quantize_int4(pre: Path, dest: Path, group_size: int) -> dict[str, Any]:
-    """Every MatMul with a constant weight -> MatMulNBits (4-bit blocks of ``group_size`` along K)."""
+    """4-bit blocks of ``group_size`` along K for every MatMul, the lm_head and the embedding at 8 bits in
+    one shared table (pocketsize.export.int4_onnx; the settings and why: docs/int4.md)."""
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    chatty = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")  # a line per node at INFO
-    level = chatty.level
-    chatty.setLevel(logging.WARNING)
-    try:
-        q = MatMulNBitsQuantizer(onnx.load(str(pre)), bits=4, block_size=int(group_size), is_symmetric=SYMMETRIC,
-                                 accuracy_level=ACCURACY_LEVEL, op_types_to_quantize=("MatMul",))
-        q.process()
-        q.model.save_model_to_file(str(dest), False)
-    finally:
-        chatty.setLevel(level)
-    n = sum(1 for node in onnx.load(str(dest), load_external_data=False).graph.node if node.op_type == "MatMulNBits")
-    return {"tool": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer", "ops": ["MatMul"],
-            "scheme": "weight-only (MatMulNBits)", "bits": 4, "group_size": int(group_size), "symmetric": SYMMETRIC,
-            "weights": f"int4 {'symmetric' if SYMMETRIC else 'asymmetric'}, one scale per block of {group_size} "
-                       "input weights",
-            "activations": "fp32" if not ACCURACY_LEVEL else f"accuracy_level {ACCURACY_LEVEL}",
-            "accuracy_level": ACCURACY_LEVEL or 0, "matmuls_quantized": n, "embedding": "fp32",
-            "calibration_samples": 0}
+    from ..int4_onnx import HEAD8_ACCURACY_LEVEL, Int4Settings, quantize_model
+
+    settings = Int4Settings(group_size=int(group_size))
+    model = onnx.load(str(pre))
+    done = quantize_model(model, settings)
+    onnx.save(model, str(dest))
+    g, head = int(group_size), settings.head_bits
+    return {"tool": "pocketsize.export.int4_onnx (ONNX Runtime MatMulNBits, GatherBlockQuantized)",
+            "ops": ["MatMul", "Gather"], "bits": 4, "group_size": g,
+            "scheme": "4-bit weights (MatMulNBits)" + (
+                ", int8 activations per block" if settings.accuracy_level == 4 else ", fp32 activations"),
+            "symmetric": False,
+            "weights": f"int4 blocks of {g} input weights, each with its min and max exact (scale and offset: "
+                       "llama.cpp's Q4_1 grid)",
+            "lm_head": f"int{head} symmetric blocks of {g}" + (
+                f", int8 activations (accuracy_level {HEAD8_ACCURACY_LEVEL})" if head == 8 else ""),
+            "activations": "fp32" if not settings.accuracy_level else
+                           f"int8 per block of {g}, inside the kernel (accuracy_level {settings.accuracy_level})",
+            "accuracy_level": settings.accuracy_level, "settings": settings.record(),
+            "matmuls_quantized": done["matmuls_quantized"], "matmuls_kept": done["matmuls_kept"],
+            "embedding": done["embedding"], "lm_head_tied": done["lm_head_tied"], "calibration_samples": 0}
 
 
 def export(job: Any, path: Path) -> dict[str, Any]:
