@@ -160,7 +160,8 @@ def test_config_rejects_unknown_method_listing_valid():
 def test_config_roundtrips_through_json():
     cfg = PruneConfig(ratio=0.35, method="hei", seed=7, buffer=False, hei=HeiOptions(beta=0.5))
     d = json.loads(json.dumps(cfg.to_dict()))
-    assert d["version"] == 5 and d["teacher"] == "base" and d["hei"] == {"beta": 0.5, "betas": [0.3, 0.0, 1.0], "score": "loss"}
+    assert d["version"] == 6 and d["teacher"] == "base" and d["recovery_loss"] == "logits"
+    assert d["hei"] == {"beta": 0.5, "betas": [0.3, 0.0, 1.0], "score": "loss"}
     assert PruneConfig.from_dict(d) == cfg
     with pytest.raises(BadInput, match="unknown PruneConfig keys"):
         PruneConfig.from_dict({**d, "bogus": 1})
