@@ -73,14 +73,17 @@ def quantize_linears(model: torch.nn.Module, quantize: str, group_size: int = 32
     return q, info
 
 
+def _int4(job: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The job's 8da4w copy and its record, made once: the .pte is lowered from it and checked against it."""
+    return job.memo("torchao-int4", lambda: quantize_linears(job.model, "int4", job.config.int4_group_size))
+
+
 def quantized_twin(job: Any) -> torch.nn.Module | None:
     """The eager model an int4 .pte computes (torchao 8da4w, made once per job), or None.
 
     export.llm judges an int4 .pte against it (greedy tokens must be equal) and
     reports the distance to fp32 eager as a figure."""
-    if job.quantize != "int4":
-        return None
-    return job.memo("torchao-int4", lambda: quantize_linears(job.model, "int4", job.config.int4_group_size))[0]
+    return _int4(job)[0] if job.quantize == "int4" else None
 
 
 @contextlib.contextmanager
@@ -115,8 +118,7 @@ def export(job: Any, path: Path) -> dict[str, Any]:
         if job.quantize == "int8":
             model, info["quantization"] = quantize_linears(model, "int8")
         elif job.quantize == "int4":
-            model, info["quantization"] = job.memo(
-                "torchao-int4", lambda: quantize_linears(job.model, "int4", job.config.int4_group_size))
+            model, info["quantization"] = _int4(job)
         wrapper = CachedLM(model, job.cache_len, "buffers")
         example = job.example_inputs()
         tokens = torch.export.Dim("tokens", min=1, max=job.cache_len)
