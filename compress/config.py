@@ -9,7 +9,10 @@ from typing import Any
 
 from pocketsize.errors import BadInput
 
-CONFIG_VERSION = 6  # 6: recovery_loss; 2: the free-form ``extra`` dict became image_size, uniform, hei and lm; 3: hei.beta "auto", hei.betas, finetuned_reference; 4: target_latency_ms, latency; 5: teacher
+# 7: lm.qat_group, lm.distill, reconstruct (lm.lr 2e-5 -> 3e-4); 6: recovery_loss; 5: teacher;
+# 4: target_latency_ms, latency; 3: hei.beta "auto", hei.betas, finetuned_reference; 2: the free-form
+# ``extra`` dict became image_size, uniform, hei and lm
+CONFIG_VERSION = 7
 
 HEI_SCORES = ("loss", "cond", "pred")
 
@@ -86,17 +89,30 @@ class LMOptions:
     nll_tolerance: guard: undo a step that raises validation NLL by more (nats;
         0.5 is x1.65 perplexity).
     lr: recovery learning rate. PruneConfig.lr (1e-6) was tuned on DINOv2, whose
-        fitted probe head made larger Adam steps unstable; LMs were measured at 2e-5.
+        fitted probe head made larger Adam steps unstable. SmolLM2-135M at keep 0.85
+        (docs/method.md, "Language-model recovery, session 12"): 3e-4 with the text
+        alone ended at 50.8 held-out perplexity where 2e-5 with distillation ended at
+        83.6 (base 54.0); 1e-3 overshoots (69.2).
+    distill: weight of the KL term from the unpruned model in the LM recovery loss
+        (the rest is the next-token loss on the user's text); 0: the text alone. The
+        untouched model is worse at the user's text than what recovery can reach, so
+        pulling toward it held the pruned model back (measured, same page).
     general_text: a .txt file or folder that is *not* the user's text; its perplexity
         before pruning, after, and for the fine-tuned reference goes to the report's
         ``general`` (forgetting). None: not measured.
+    qat_group: quantization-aware recovery (compress/qat.py): every recovery trains
+        through the int4 .onnx's 4-bit grid of blocks of this many input weights and
+        ends on it. None: on in ``pocketsize run --quantize int4`` (the export's
+        --group-size), off otherwise; 0: off.
     """
 
     seq_len: int = 128            # == pocketsize.text.SEQ_LEN (tests/test_cli_flags.py checks it)
     batch_size: int = 8
     nll_tolerance: float = 0.5
-    lr: float = 2e-5
+    lr: float = 3e-4
+    distill: float = 0.0
     general_text: str | None = None
+    qat_group: int | None = None
 
     def __post_init__(self) -> None:
         if not _whole(self.seq_len, 2):
@@ -107,10 +123,16 @@ class LMOptions:
             raise BadInput(f"--lm-nll-tolerance {self.nll_tolerance!r}: pass a finite number >= 0")
         if not _number(self.lr) or self.lr <= 0:
             raise BadInput(f"--lm-lr {self.lr!r}: pass a finite learning rate > 0")
+        if not _number(self.distill) or not 0 <= self.distill <= 1:
+            raise BadInput(f"--lm-distill {self.distill!r}: pass a weight in [0, 1] (0: the user's text alone)")
         if self.general_text is not None:  # a path; kept as text so the config stays JSON
             if not str(self.general_text).strip():
                 raise BadInput("--lm-general-text is empty; pass a .txt file or folder, or leave it out")
             object.__setattr__(self, "general_text", str(self.general_text))
+        g = self.qat_group
+        if g is not None and not (_whole(g, 0) and (g == 0 or (g >= 16 and g & (g - 1) == 0))):
+            raise BadInput(f"--lm-qat-group {g!r}: pass the int4 export's group size (a power of two >= 16, "
+                           "e.g. 32), or 0 to recover without the 4-bit grid")
 
     @classmethod
     def from_dict(cls, d: Any) -> "LMOptions":
@@ -153,6 +175,10 @@ class PruneConfig:
     # distance of the pooled features to the teacher's); language models always train on text
     recovery_loss: str = "logits"
     refit_head: bool = True         # re-fit the linear head on the pruned features after each step
+    # least-squares refit of each output projection's kept inputs at every cut, on the step's
+    # calibration sample (compress/reconstruct.py); None: the task's default (language models on,
+    # image models off: measured, docs/method.md)
+    reconstruct: bool | None = None
     # calibration (random sampling)
     calib_samples: int = 64         # images / sequences sampled for scoring
     calib_tokens: int = 32          # tokens sampled per sample
@@ -209,6 +235,9 @@ class PruneConfig:
         if size is not None and not _whole(size, 1):
             raise BadInput(f"--image-size {size!r}: pass a positive number of pixels (e.g. --image-size 224), "
                            "or leave it out to use the model's own")
+        if self.reconstruct is not None and not isinstance(self.reconstruct, bool):
+            raise BadInput(f"PruneConfig(reconstruct={self.reconstruct!r}): pass True, False or None "
+                           "(--reconstruct / --no-reconstruct; None: the task's default)")
         if not isinstance(self.uniform, bool):
             raise BadInput(f"PruneConfig(uniform={self.uniform!r}): pass True or False (--uniform)")
         if self.allocation is not None and not (isinstance(self.allocation, dict)
@@ -222,6 +251,13 @@ class PruneConfig:
         if self.calib_samples < 2 or self.measurements < 2:
             raise BadInput(f"PruneConfig(calib_samples={self.calib_samples}, measurements={self.measurements}): "
                            "both must be at least 2")
+
+    def in_whole_groups(self, group: int) -> "PruneConfig":
+        """This config with MLP widths pruned in multiples of ``group`` as well (the least common
+        multiple with ``channel_multiple``), so every pruned Linear's in-features hold whole 4-bit
+        groups; ``self`` when they already do."""
+        multiple = math.lcm(int(self.channel_multiple), int(group))
+        return self if multiple == self.channel_multiple else dataclasses.replace(self, channel_multiple=multiple)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

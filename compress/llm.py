@@ -23,13 +23,20 @@ log = logging.getLogger(__name__)
 
 def recover_lm(student: Loaded, teacher: Loaded | None, train: TextSplit, steps: int, lr: float,
                batch_size: int, seed: int, temperature: float = 2.0, alpha: float = 0.5,
-               progress: Progress | None = None, stage: str = "recovery") -> list[float]:
+               progress: Progress | None = None, stage: str = "recovery", qat_group: int = 0) -> list[float]:
     """Short recovery on the user's text: next-token loss, plus (with a teacher)
     KL distillation from the unpruned model over the whole vocabulary. No
     warm-up: it was measured on LMs without one (the ViT needs it for its
-    fitted probe head, which an LM does not have)."""
+    fitted probe head, which an LM does not have). ``qat_group``: train through
+    the int4 export's grid and end on it (compress/qat.py)."""
     if steps <= 0 or len(train) == 0:
         return []
+    if qat_group:
+        from .qat import on_grid
+
+        with on_grid(student.model, qat_group):
+            return recover_lm(student, teacher, train, steps, lr, batch_size, seed, temperature, alpha,
+                              progress, stage)
     g = torch.Generator().manual_seed(seed)
     params = [p for p in student.model.parameters() if p.requires_grad]
     if teacher is not None:
@@ -51,8 +58,12 @@ def recover_lm(student: Loaded, teacher: Loaded | None, train: TextSplit, steps:
 
 def _run_config(loaded: Loaded, cfg: PruneConfig) -> PruneConfig:
     """GPT-2 in uniform mode keeps every head: its config derives head_dim
-    from the head count, so fewer heads could not be described by it."""
+    from the head count, so fewer heads could not be described by it. With a
+    4-bit grid (``lm.qat_group``) MLP widths are cut in whole groups."""
     ad = loaded.adapter
+    if cfg.lm.qat_group and (grouped := cfg.in_whole_groups(cfg.lm.qat_group)) is not cfg:
+        log.info("--lm-qat-group %d: MLP widths pruned in multiples of %d", cfg.lm.qat_group, grouped.channel_multiple)
+        cfg = grouped
     if cfg.uniform and ad.layout(loaded.model) == "gpt2":
         heads = max(ad.block_shape(b).heads for b in ad.blocks(loaded.model))
         return dataclasses.replace(cfg, min_heads=heads)
@@ -68,6 +79,7 @@ class LMTask(CompressTask):
     name = "causal-lm"
     metric = "perplexity"
     unit_word = "attention head"
+    reconstruct = True  # SmolLM2 keep 0.85: perplexity at the cut 116.5 -> 90.1 (docs/method.md)
 
     def check(self, loaded, data, cfg):
         if cfg.method == "taylor":
@@ -134,8 +146,10 @@ class LMTask(CompressTask):
             calib=calib, validate=lambda m: perplexity(m, data.val),
             harm=lambda current, pruned: math.log(pruned) - math.log(current), harm_name="nll_rise",
             tolerance=cfg.lm.nll_tolerance,
-            recover=lambda m, steps, seed, stage: recover_lm(m, teacher, data.train, steps, cfg.lm.lr,
-                                                             cfg.lm.batch_size, seed, progress=progress, stage=stage))
+            recover=lambda m, steps, seed, stage: recover_lm(m, teacher if cfg.lm.distill else None, data.train,
+                                                             steps, cfg.lm.lr, cfg.lm.batch_size, seed,
+                                                             alpha=cfg.lm.distill, progress=progress, stage=stage,
+                                                             qat_group=cfg.lm.qat_group or 0))
 
     def finish(self, loaded, data, cfg, plan, report):
         ad = loaded.adapter

@@ -46,6 +46,8 @@ def prune(model: Loaded | str, data: Any, config: PruneConfig | None = None,
         Allocation.from_dict(cfg.allocation).check(Budget.of(loaded))
     data, generic = task.load_data(loaded, data, generic, cfg, progress)
     run_cfg = task.run_config(loaded, cfg)
+    if run_cfg.reconstruct is None:  # the task's measured default
+        run_cfg = dataclasses.replace(run_cfg, reconstruct=task.reconstruct)
     with task.session(loaded, cfg) as touched:
         fit = task.personalize(loaded, data, cfg, progress)
         params_before = count_params(loaded.model)
@@ -57,9 +59,11 @@ def prune(model: Loaded | str, data: Any, config: PruneConfig | None = None,
         val_before = task.evaluate(loaded, data.val)
         log.info("%s model before pruning: %d params, held-out %s %.4f", task.name, params_before, task.metric,
                  before)
-        teacher = copy.deepcopy(loaded) if cfg.distill else None
-        if teacher is not None:
-            touched.append(teacher.model)
+        # the unpruned model as personalized: the run exports it as the original, and it teaches
+        # the recovery when distillation is on
+        unpruned = copy.deepcopy(loaded)
+        touched.append(unpruned.model)
+        teacher = unpruned if cfg.distill else None
         steps = task.step_task(loaded, teacher, data, generic, cfg, progress)
         general = {"base": task.general(loaded, data)}
         ref = _finetuned_reference(loaded, steps, cfg)
@@ -97,11 +101,12 @@ def prune(model: Loaded | str, data: Any, config: PruneConfig | None = None,
             "base": general["base"], "finetuned": general.get("finetuned"), "after": general["after"],
             "text": cfg.lm.general_text},
         "val_before": val_before, "val_after": run.metric, "latency": latency,
+        "reconstruct": run_cfg.reconstruct,
         "steps": run.steps, "personalization": fit, "data": data.summary(),
         "config": cfg.to_dict(), "seconds": round(time.time() - t0, 2),
     }
     task.finish(pruned, data, cfg, plan, report)
-    return Pruned(pruned, plan, report, teacher, data)
+    return Pruned(pruned, plan, report, unpruned, data)
 
 
 def _finetuned_reference(loaded: Loaded, steps: StepTask, cfg: PruneConfig) -> Loaded | None:

@@ -21,6 +21,7 @@ from pocketsize.loading import Loaded
 from .config import PruneConfig
 from .methods import StepContext, planner_for
 from .plan import Lineage, apply_plan, count_params
+from .reconstruct import Grams, collect_grams, compensate
 
 if TYPE_CHECKING:
     from pocketsize.data import ImageData
@@ -129,10 +130,11 @@ def buffered_steps(loaded: Loaded, task: StepTask, cfg: PruneConfig, params_befo
     while k < len(ratios):
         r = ratios[k]
         x, y, gx = task.calib(g)
+        grams = collect_grams(loaded, x) if cfg.reconstruct else None
         best: dict[str, Any] = {}  # the least harmful cut a planner judged this step (one model copy, not all)
 
         def judge(plan) -> float:
-            cut = _cut(loaded, plan, task, k)
+            cut = _cut(loaded, plan, task, k, grams)
             harm = task.harm(current, cut[1])
             if not best or harm < best["harm"]:
                 best.update(plan=plan, cut=cut, harm=harm)
@@ -140,7 +142,8 @@ def buffered_steps(loaded: Loaded, task: StepTask, cfg: PruneConfig, params_befo
 
         step = planner(StepContext(loaded, x, y, gx, cfg, seed=cfg.seed + k, original_blocks=list(lineage.blocks),
                                    judge=judge), r * goal.total)
-        candidate, val_pruned = best["cut"] if best.get("plan") is step.plan else _cut(loaded, step.plan, task, k)
+        candidate, val_pruned = best["cut"] if best.get("plan") is step.plan else _cut(loaded, step.plan, task, k,
+                                                                                        grams)
         best.clear()
         harm = task.harm(current, val_pruned)
         prev = ratios[k - 1] if k else 1.0
@@ -181,9 +184,12 @@ def predicted_ms(loaded: Loaded, cfg: PruneConfig) -> float:
     return Budget.of(loaded, cfg.latency).full
 
 
-def _cut(loaded: Loaded, plan: Any, task: StepTask, k: int) -> tuple[Loaded, float]:
-    """A pruned copy of ``loaded`` (head re-fit when the task has one) and its validation metric."""
+def _cut(loaded: Loaded, plan: Any, task: StepTask, k: int, grams: Grams | None = None) -> tuple[Loaded, float]:
+    """A pruned copy of ``loaded`` (output projections refit first with ``grams``, head re-fit
+    after when the task has one) and its validation metric."""
     candidate = copy.deepcopy(loaded)
+    if grams is not None:
+        compensate(candidate, plan, grams)
     apply_plan(candidate, plan)
     if task.refit is not None:
         task.refit(candidate, k)

@@ -32,6 +32,8 @@ class CompressTask:
     name: str = ""
     metric: str = ""            # the report's "metric": accuracy or perplexity
     unit_word: str = "head"     # what the smallest attention unit is called in messages
+    # PruneConfig.reconstruct=None means this (docs/method.md has the measurements behind each)
+    reconstruct: bool = False
 
     def check(self, loaded: Loaded, data: Any, cfg: PruneConfig) -> None:
         """Refuse a combination this task cannot run, before any work."""

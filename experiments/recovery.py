@@ -39,7 +39,9 @@ def flag(text: str) -> bool:
 
 
 RECIPE_KEYS = {"lr": float, "head_lr": float, "distill": flag, "final_share": float,
-               "teacher": str, "recovery_loss": str, "lm_lr": float}  # lm_lr: LMOptions.lr, the language models' rate
+               "teacher": str, "recovery_loss": str, "lm_lr": float,  # lm_lr: LMOptions.lr, the language models' rate
+               "lm_distill": float, "reconstruct": flag}  # lm_distill: LMOptions.distill, the KL weight
+CUT_KEYS = ("reconstruct",)  # keys that change the cut itself: a 0-step row is shared only by equal values
 DEFAULT = "default"
 # the language models' general text: a fortunes category that is neither user's (other people's prose
 # quotes), the same held-out chunks for every row
@@ -62,12 +64,17 @@ def parse_recipe(spec: str) -> dict:
     return out
 
 
+def cut_recipe(spec: str) -> str:
+    """The part of a recipe that changes the cut (not the recovery): 0-step rows are shared by equal ones."""
+    return "+".join(opt for opt in spec.split("+") if opt.partition("=")[0] in CUT_KEYS) if spec != DEFAULT else ""
+
+
 def _config(base, job: dict):
     fields = parse_recipe(job["recipe"])
-    lm_lr = fields.pop("lm_lr", None)
+    lm = {k[3:]: fields.pop(k) for k in ("lm_lr", "lm_distill") if k in fields}
     cfg = replace(base, ratio=job["ratio"], seed=job["seed"], recovery_steps=job["budget"],
                   finetuned_reference=job["reference"], **fields)
-    return replace(cfg, lm=replace(cfg.lm, lr=lm_lr)) if lm_lr is not None else cfg
+    return replace(cfg, lm=replace(cfg.lm, **lm)) if lm else cfg
 
 
 def _model_and_data(job: dict, base):
@@ -104,7 +111,8 @@ def run_job(job: dict) -> dict:
 
 def recipe_config(cfg) -> dict:
     """Every recipe key's value in ``cfg`` (what a row records it ran with)."""
-    return {k: getattr(cfg, k) for k in RECIPE_KEYS if k != "lm_lr"} | {"lm_lr": cfg.lm.lr}
+    return ({k: getattr(cfg, k) for k in RECIPE_KEYS if not k.startswith("lm_")}
+            | {"lm_lr": cfg.lm.lr, "lm_distill": cfg.lm.distill})
 
 
 def _key(r: dict) -> tuple:
@@ -123,15 +131,16 @@ def jobs(args, base: dict, done: set) -> list[dict]:
         for subset in subsets:
             for recipe in args.recipes:
                 for budget in args.budgets:
-                    if budget == 0 and recipe != args.recipes[0]:
-                        continue  # no recovery: every recipe is the same prune (the page shares that row)
+                    if budget == 0 and recipe != next(r for r in args.recipes if cut_recipe(r) == cut_recipe(recipe)):
+                        continue  # no recovery: recipes with the same cut are the same prune (they share that row)
                     for ratio in args.ratios:
                         job = {"subset": subset, "seed": seed, "recipe": recipe, "budget": budget, "ratio": ratio,
                                "reference": args.references and ratio == args.ratios[0] and budget > 0,
                                "task": args.task, "base": base, "per_class": args.per_class,
                                "threads": args.threads, "cmd": args.cmd}
                         if (subset, recipe, ratio, budget, seed) not in done and not (
-                                budget == 0 and any(k[2:] == (ratio, 0, seed) and k[0] == subset for k in done)):
+                                budget == 0 and any(k[2:] == (ratio, 0, seed) and k[0] == subset
+                                                    and cut_recipe(k[1]) == cut_recipe(recipe) for k in done)):
                             out.append(job)
     return out
 
@@ -170,9 +179,12 @@ INTRO = {
              "head on frozen features, what pruning starts from); *fine-tuned*: the unpruned model after the same "
              "recipe and budget. Differences are in accuracy points, positive when the first is better.",
     "llm": "zoo:smollm2-135m pruned with hei at the CLI's settings (3 pruning steps, 64 calibration chunks of 128 "
-           "tokens, 8 chunks per optimizer step, LM loss + KL from the unpruned model), for users that are "
-           "categories of Debian's fortunes package. A recipe names the recovery settings changed from the CLI's "
-           "defaults (`default`: lm lr 2e-5, distillation on). Held-out perplexity on the user's own text, mean "
+           "tokens, 8 chunks per optimizer step), for users that are categories of Debian's fortunes package. A "
+           "recipe names the settings changed from the CLI's defaults (`default`: output reconstruction at every "
+           "cut, recovery on the user's text alone at lm lr 3e-4; `distill=0` and `lm_distill=0` both train on the "
+           "text alone). Rows measured under the earlier defaults name every setting they ran with "
+           "(`lm_lr=2e-5+lm_distill=0.5+reconstruct=0` was the default before). Held-out perplexity on the user's "
+           "own text, mean "
            "[min-max] over seeds (lower is better). *base*: the untouched model; *fine-tuned*: the unpruned model "
            "after the same recipe and budget. Differences are the % by which the first's perplexity is lower.",
 }
@@ -215,9 +227,9 @@ def _render_user(rows: list[dict], user: str) -> list[str]:
     # value per (reference recipe, budget, seed), from whichever row measured it
     fine = {(reference_recipe(r["recipe"]), r["budget"], r["seed"]): r["finetuned"] for r in rows
             if r.get("finetuned") is not None}
-    # without recovery the recipe changes nothing: the one 0-step prune stands for every recipe
+    # without recovery only the cut's options matter: a 0-step prune stands for every recipe with its cut
     rows = [r for r in rows if r["budget"]] + [{**r, "recipe": rec} for r in rows if not r["budget"]
-                                                for rec in recipes]
+                                                for rec in recipes if cut_recipe(rec) == cut_recipe(r["recipe"])]
     budgets = sorted({r["budget"] for r in rows})
     metric = "perplexity" if ppl else "accuracy"
     lines = [f"### User {user}", "", f"Base (unpruned, held-out {metric}): {_cell(list(base.values()), ppl)}", ""]

@@ -60,7 +60,7 @@ def run(model: Any, data: str, out: str | Path, prune_config=None, to: tuple[str
 
         model = model if isinstance(model, Loaded) else load_model(model)
         export.check_precision(model.task, export_cfg_orig)
-        prune_config = int4_widths(prune_config or compress.PruneConfig(), int(export_cfg_orig.int4_group_size))
+        prune_config = int4_prune_config(prune_config or compress.PruneConfig(), int(export_cfg_orig.int4_group_size))
     if isinstance(device, str):  # parse --device now (no connection): a typo must not cost a compress
         from pocketsize.benchmarks.devices import check_device_spec
 
@@ -105,18 +105,31 @@ def run(model: Any, data: str, out: str | Path, prune_config=None, to: tuple[str
     return summary
 
 
-def int4_widths(cfg, group: int):
-    """The prune config for a run that exports 4-bit groups of ``group`` weights: MLP widths
-    in multiples of the group too, so every pruned Linear's in-features hold whole groups
-    (with the default multiple of 8 the export would refuse the pruned model after the
-    whole compress). Head counts are left alone: their in-features are heads x head_dim."""
-    import dataclasses
-    import math
+def int4_prune_config(cfg, group: int):
+    """The prune config for a run that exports 4-bit groups of ``group`` weights (causal LMs only):
 
-    multiple = math.lcm(int(cfg.channel_multiple), group)
-    if multiple != cfg.channel_multiple:
-        log.info("--quantize int4 --group-size %d: MLP widths pruned in multiples of %d", group, multiple)
-    return dataclasses.replace(cfg, channel_multiple=multiple)
+    - MLP widths in multiples of the group too, so every pruned Linear's in-features hold whole
+      groups (with the default multiple of 8 the export would refuse the pruned model after the
+      whole compress). Head counts are left alone: their in-features are heads x head_dim.
+    - quantization-aware recovery on the export's grid (``lm.qat_group``), unless the config
+      switched it off (0); a different group than the export's is refused: the recovery would
+      end on a grid the export then re-rounds."""
+    import dataclasses
+
+    from .errors import BadInput
+
+    qat = cfg.lm.qat_group
+    if qat not in (None, 0, group):
+        raise BadInput(f"--lm-qat-group {qat} differs from --group-size {group}: pass the same size to both "
+                       "(or leave --lm-qat-group out)")
+    if qat is None:
+        log.info("--quantize int4: recovery trains through the export's 4-bit grid (groups of %d)", group)
+        cfg = dataclasses.replace(cfg, lm=dataclasses.replace(cfg.lm, qat_group=group))
+    grouped = cfg.in_whole_groups(group)
+    if grouped is not cfg:
+        log.info("--quantize int4 --group-size %d: MLP widths pruned in multiples of %d", group,
+                 grouped.channel_multiple)
+    return grouped
 
 
 def summarize(report: dict[str, Any], results: Any, seconds: float) -> dict[str, Any]:

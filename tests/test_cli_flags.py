@@ -152,6 +152,8 @@ def test_nested_options_round_trip_through_json():
     ({"uniform": "yes"}, "--uniform"),
     ({"lm": {"seq_len": 1}}, r"--lm-seq-len"),
     ({"lm": {"lr": 0}}, r"--lm-lr"),
+    ({"lm": {"distill": 2}}, r"--lm-distill"),
+    ({"reconstruct": "yes"}, r"--reconstruct"),
     ({"teacher": "oracle"}, r"--teacher 'oracle' is not one of base, finetuned"),
 ])
 def test_bad_nested_options_are_bad_input(d, match):
@@ -163,8 +165,8 @@ def test_lm_defaults_match_the_text_module():
     from pocketsize.text import SEQ_LEN
 
     assert LMOptions().seq_len == SEQ_LEN
-    assert dataclasses.asdict(LMOptions()) == {"seq_len": SEQ_LEN, "batch_size": 8, "nll_tolerance": 0.5, "lr": 2e-5,
-                                               "general_text": None}
+    assert dataclasses.asdict(LMOptions()) == {"seq_len": SEQ_LEN, "batch_size": 8, "nll_tolerance": 0.5, "lr": 3e-4,
+                                               "distill": 0.0, "general_text": None, "qat_group": None}
     assert HeiOptions() == HeiOptions(beta=0.3, score="loss")
 
 

@@ -160,7 +160,7 @@ def test_config_rejects_unknown_method_listing_valid():
 def test_config_roundtrips_through_json():
     cfg = PruneConfig(ratio=0.35, method="hei", seed=7, buffer=False, hei=HeiOptions(beta=0.5))
     d = json.loads(json.dumps(cfg.to_dict()))
-    assert d["version"] == 6 and d["teacher"] == "base" and d["recovery_loss"] == "logits"
+    assert d["version"] == 7 and d["lm"]["qat_group"] is None and d["teacher"] == "base" and d["recovery_loss"] == "logits"
     assert d["hei"] == {"beta": 0.5, "betas": [0.3, 0.0, 1.0], "score": "loss"}
     assert PruneConfig.from_dict(d) == cfg
     with pytest.raises(BadInput, match="unknown PruneConfig keys"):
@@ -324,3 +324,11 @@ def test_teacher_finetuned_distills_from_the_trained_reference(tiny_vit, data, m
     assert ("fine-tuned reference" in teachers) == reference
     if reference:  # the base copy taught the reference too
         assert teachers["fine-tuned reference"] is recov[0]
+
+
+def test_without_distillation_the_unpruned_model_still_comes_back(tiny_vit, data):
+    """``distill=False`` drops the teacher from the recovery, not the unpruned model that
+    ``pocketsize run`` exports as the original (it crashed on None before)."""
+    out = prune(_loaded(tiny_vit), data, dataclasses.replace(FAST, distill=False, finetuned_reference=False))
+    assert out.teacher is not None
+    assert count_params(out.teacher.model) == out.report["params_before"] > count_params(out.loaded.model)

@@ -301,6 +301,11 @@ def test_run_int4_prunes_in_whole_groups(tmp_path):
     assert rc == 0
     report = json.loads((out / "compress" / "compress_report.json").read_text())
     assert report["config"]["channel_multiple"] == 32
+    assert report["config"]["lm"]["qat_group"] == 32  # quantization-aware recovery on the export's grid
+    from pocketsize.compress.qat import off_grid
+    from pocketsize.loading import load_model
+
+    assert off_grid(load_model(out / "compress" / "model").model, 32) < 1e-3
     widths = [layer["mlp_hidden"] for layer in json.loads((out / "compress" / "model" / "pocketsize.json")
                                                           .read_text())["layers"]]
     assert widths and all(w % 32 == 0 for w in widths) and min(widths) < 256, widths

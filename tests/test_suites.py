@@ -155,12 +155,32 @@ def test_every_recovery_recipe_key_reaches_the_config_and_the_row():
     from experiments.recovery import RECIPE_KEYS, _config, recipe_config
     from pocketsize.compress import PruneConfig
 
-    spec = "lr=2e-6+head_lr=3e-4+distill=0+final_share=0.25+teacher=finetuned+recovery_loss=match+lm_lr=1e-4"
+    spec = ("lr=2e-6+head_lr=3e-4+distill=0+final_share=0.25+teacher=finetuned+recovery_loss=match+lm_lr=1e-4"
+            "+reconstruct=1+lm_distill=0.25")
     cfg = _config(PruneConfig(), {"recipe": spec, "ratio": 0.5, "seed": 0, "budget": 1, "reference": False})
     row = recipe_config(cfg)
     assert set(row) == set(RECIPE_KEYS)
     assert row == {"lr": 2e-6, "head_lr": 3e-4, "distill": False, "final_share": 0.25, "teacher": "finetuned",
-                   "recovery_loss": "match", "lm_lr": 1e-4}
+                   "recovery_loss": "match", "lm_lr": 1e-4, "reconstruct": True, "lm_distill": 0.25}
+
+
+def test_recovery_zero_step_rows_are_shared_only_by_recipes_with_the_same_cut():
+    """``reconstruct`` changes the cut: its 0-step prune is its own row, not the default's."""
+    from types import SimpleNamespace
+
+    from experiments.recovery import jobs, render
+
+    args = SimpleNamespace(task="image", users=["A"], seeds=1, budgets=[0, 60], ratios=[0.5], references=False,
+                           recipes=["default", "lr=1e-5", "reconstruct=1", "reconstruct=1+lr=1e-5"],
+                           per_class=8, threads=1, cmd="x")
+    todo = {(j["recipe"], j["budget"]) for j in jobs(args, {}, set())}
+    assert {r for r, b in todo if b == 0} == {"default", "reconstruct=1"}
+    assert len([1 for _, b in todo if b == 60]) == 4
+    rows = [_rec_row("default", 0, 0, 0.70), _rec_row("reconstruct=1", 0, 0, 0.90),
+            _rec_row("lr=1e-5", 60, 0, 0.72), _rec_row("reconstruct=1+lr=1e-5", 60, 0, 0.93)]
+    page = "\n".join(render(rows))
+    assert "| lr=1e-5 | 70.0 (n=1) | 72.0 (n=1) |" in page
+    assert "| reconstruct=1+lr=1e-5 | 90.0 (n=1) | 93.0 (n=1) |" in page
 
 
 def test_recovery_page_shares_the_cut_and_pairs_recipes_budgets_and_references():

@@ -94,9 +94,20 @@ def add_prune_args(p: argparse.ArgumentParser, methods) -> None:
                         f"(default {lm.nll_tolerance})")
     p.add_argument("--lm-lr", type=float, default=None, metavar="LR",
                    help=f"language models: recovery learning rate (default {lm.lr})")
+    p.add_argument("--lm-distill", type=float, default=None, metavar="W",
+                   help=f"language models: weight of the KL term from the unpruned model in the recovery loss, the "
+                        f"rest is the next-token loss on the user's text; 0: the text alone (default {lm.distill})")
     p.add_argument("--lm-general-text", default=None, metavar="TEXT",
                    help="language models: a .txt file or folder that is not the user's text; its perplexity "
                         "before and after pruning (and for the fine-tuned reference) shows what the model forgets")
+    p.add_argument("--reconstruct", action=argparse.BooleanOptionalAction, default=None,
+                   help="at every cut, refit each output projection's kept inputs by least squares on the step's "
+                        "calibration sample so they take over what the removed heads and channels contributed "
+                        "(default: on for language models, off for image models)")
+    p.add_argument("--lm-qat-group", type=int, default=None, metavar="G",
+                   help="language models: recover through the int4 .onnx's 4-bit grid (blocks of G input weights) "
+                        "and end on it, so the 4-bit artifact keeps what recovery learned; 0: off (default: on "
+                        "in run --quantize int4 with its --group-size, off otherwise)")
     p.add_argument("--plan", default=None, metavar="PLAN.json",
                    help="apply the per-block allocation recorded in another run's plan.json (same MODEL); "
                         "this user's data still picks which heads and channels fill it")
@@ -147,13 +158,15 @@ def config_from_args(args: argparse.Namespace):
     if args.image_size is not None:  # 0 or negative: PruneConfig says so (exit 2), never silently the default
         kw["image_size"] = args.image_size
     kw["uniform"] = bool(args.uniform)
+    if args.reconstruct is not None:
+        kw["reconstruct"] = args.reconstruct
     hei = {k: v for k, v in (("beta", args.hei_beta), ("score", args.hei_score)) if v is not None}
     if hei:
         if args.method != "hei":
             given = " and ".join(f"--hei-{k}" for k in hei)
             raise BadInput(f"{given} only apply to --method hei (this run uses --method {args.method})")
         kw["hei"] = HeiOptions(**hei)
-    lm = {k: v for k in ("seq_len", "batch_size", "nll_tolerance", "lr", "general_text")
+    lm = {k: v for k in ("seq_len", "batch_size", "nll_tolerance", "lr", "distill", "general_text", "qat_group")
           if (v := getattr(args, f"lm_{k}")) is not None}
     if lm:
         kw["lm"] = LMOptions(**lm)
