@@ -40,8 +40,10 @@ def flag(text: str) -> bool:
 
 RECIPE_KEYS = {"lr": float, "head_lr": float, "distill": flag, "final_share": float,
                "teacher": str, "recovery_loss": str, "lm_lr": float,  # lm_lr: LMOptions.lr, the language models' rate
-               "lm_distill": float, "reconstruct": flag}  # lm_distill: LMOptions.distill, the KL weight
-CUT_KEYS = ("reconstruct",)  # keys that change the cut itself: a 0-step row is shared only by equal values
+               "lm_distill": float, "reconstruct": flag,  # lm_distill: LMOptions.distill, the KL weight
+               "finetune_steps": int}  # fine-tuning of the unpruned model before the cut (and the reference)
+# keys that change the cut itself: a 0-step row is shared only by equal values
+CUT_KEYS = ("reconstruct", "finetune_steps")
 DEFAULT = "default"
 # the language models' general text: a fortunes category that is neither user's (other people's prose
 # quotes), the same held-out chunks for every row
