@@ -23,11 +23,13 @@ def personalize(loaded: Loaded, data: ImageData, cfg: PruneConfig, progress: Pro
         return {"head": "kept"}
     info = train.fit_head(loaded, data.train, data.val, labels, epochs=cfg.probe_epochs, seed=cfg.seed)
     info["head"] = "linear probe"
-    if cfg.finetune_steps:
-        train.recover(loaded, None, data.train, cfg.finetune_steps, cfg.lr, cfg.head_lr, cfg.batch_size,
-                      cfg.seed, progress=progress, stage="fine-tune")
-        info["head"] = f"linear probe + {cfg.finetune_steps} fine-tune steps"
     return info
+
+
+def finetune(loaded: Loaded, data: ImageData, cfg: PruneConfig, progress: Progress | None = None) -> None:
+    """``finetune_steps`` of the recovery recipe on the unpruned model (probe head and backbone)."""
+    train.recover(loaded, None, data.train, cfg.finetune_steps, cfg.lr, cfg.head_lr, cfg.batch_size,
+                  cfg.seed, progress=progress, stage="fine-tune")
 
 
 class ImageTask(CompressTask):
@@ -62,6 +64,9 @@ class ImageTask(CompressTask):
         fit = personalize(loaded, data, cfg, progress)
         loaded.refresh_meta()
         return fit
+
+    def finetune(self, loaded, data, cfg, progress):
+        finetune(loaded, data, cfg, progress)
 
     def evaluate(self, loaded, split):
         return train.accuracy(loaded, split)

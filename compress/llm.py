@@ -118,11 +118,11 @@ class LMTask(CompressTask):
 
     def personalize(self, loaded, data, cfg, progress):
         loaded.refresh_meta()
-        if not cfg.finetune_steps:
-            return {"finetune_steps": 0}
+        return {}
+
+    def finetune(self, loaded, data, cfg, progress):
         recover_lm(loaded, None, data.train, cfg.finetune_steps, cfg.lm.lr, cfg.lm.batch_size, cfg.seed,
                    progress=progress, stage="fine-tune")
-        return {"finetune_steps": cfg.finetune_steps}
 
     def evaluate(self, loaded, split):
         return perplexity(loaded, split)

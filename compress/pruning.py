@@ -55,7 +55,13 @@ def prune(model: Loaded | str, data: Any, config: PruneConfig | None = None,
         goal, run_cfg = _latency_goal(loaded, run_cfg, tuple(x1.shape))
         _check_reachable(loaded, run_cfg, params_before, task, goal)
         macs_before = count_macs(loaded, x1)
-        before = task.evaluate(loaded, data.test)
+        base = task.evaluate(loaded, data.test)
+        general = {"base": task.general(loaded, data)}
+        before = base
+        if cfg.finetune_steps:  # the cut starts from the fine-tuned model; references.base stays the base
+            task.finetune(loaded, data, cfg, progress)
+            fit["finetune_steps"] = cfg.finetune_steps
+            before = task.evaluate(loaded, data.test)
         val_before = task.evaluate(loaded, data.val)
         log.info("%s model before pruning: %d params, held-out %s %.4f", task.name, params_before, task.metric,
                  before)
@@ -65,7 +71,6 @@ def prune(model: Loaded | str, data: Any, config: PruneConfig | None = None,
         touched.append(unpruned.model)
         teacher = unpruned if cfg.distill else None
         steps = task.step_task(loaded, teacher, data, generic, cfg, progress)
-        general = {"base": task.general(loaded, data)}
         ref = _finetuned_reference(loaded, steps, cfg)
         finetuned = None
         if ref is not None:
@@ -95,7 +100,7 @@ def prune(model: Loaded | str, data: Any, config: PruneConfig | None = None,
         "params_before": params_before, "params_after": params_after, "params_ratio": kept,
         "macs_before": macs_before, "macs_after": macs_after,
         "metric": task.metric, "before": before, "after": after,
-        "references": {"base": before, "finetuned": finetuned},
+        "references": {"base": base, "finetuned": finetuned},
         # the same metric on text that is not the user's (--lm-general-text): what pruning and recovery forget
         "general": None if general["base"] is None else {
             "base": general["base"], "finetuned": general.get("finetuned"), "after": general["after"],

@@ -66,7 +66,12 @@ class CompressTask:
         back as the caller would load them."""
 
     def personalize(self, loaded: Loaded, data: Any, cfg: PruneConfig, progress: Progress | None) -> dict:
+        """The base model for the user (an image model's linear probe): ``references.base``."""
         return {}
+
+    def finetune(self, loaded: Loaded, data: Any, cfg: PruneConfig, progress: Progress | None) -> None:
+        """``cfg.finetune_steps`` of training on the user's data before the cut."""
+        raise NotImplementedError
 
     def evaluate(self, loaded: Loaded, split: Any) -> float:
         raise NotImplementedError

@@ -22,9 +22,20 @@ def each_row(fn, jobs: list[dict], workers: int):
     imported by its module name (not from ``__main__``) so the workers can import it."""
     if workers > 1 and jobs:
         import multiprocessing as mp
+        import signal
+        import threading
 
-        with mp.get_context("spawn").Pool(workers) as pool:
-            yield from pool.imap_unordered(fn, jobs)
+        def stop(signum, frame):  # SIGTERM unwinds the `with`, whose exit terminates the workers
+            raise SystemExit(128 + signum)
+
+        main = threading.current_thread() is threading.main_thread()  # signals are the main thread's
+        previous = signal.signal(signal.SIGTERM, stop) if main else None
+        try:
+            with mp.get_context("spawn").Pool(workers) as pool:
+                yield from pool.imap_unordered(fn, jobs)
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
     else:
         for job in jobs:
             yield fn(job)

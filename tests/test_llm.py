@@ -112,6 +112,18 @@ def test_prune_leaves_callers_model_stock(corpus):
     assert refs["base"] == p.report["before"] and math.isfinite(refs["finetuned"]) and refs["finetuned"] > 1
 
 
+def test_finetune_first_keeps_the_untouched_model_as_the_base_reference(corpus):
+    """finetune_steps trains the unpruned model before the cut: "before" (what the cut
+    starts from) is the fine-tuned model, references.base stays the untouched one."""
+    untouched = prune(load_model(corpus / "llama"), str(corpus / "personal.txt"),
+                      cfg(finetuned_reference=False)).report["before"]
+    p = prune(load_model(corpus / "llama"), str(corpus / "personal.txt"),
+              cfg(finetune_steps=3, finetuned_reference=False))
+    r = p.report
+    assert r["references"]["base"] == pytest.approx(untouched, rel=1e-6)
+    assert r["before"] != r["references"]["base"] and r["personalization"]["finetune_steps"] == 3
+
+
 def test_general_text_perplexity_is_reported_for_base_reference_and_pruned(corpus, tmp_path):
     """--lm-general-text: the same perplexity on text that is not the user's, for the
     untouched model, the fine-tuned reference and the pruned model; the chunks are

@@ -246,3 +246,43 @@ def test_recovery_suite_quick(tmp_path: Path):
     for r in rows:
         assert abs(r["params_ratio"] - 0.5) <= 0.01 and 0.0 <= r["after"] <= 1.0
     assert "| lr=1e-5 |" in out.read_text()
+    assert f"from {out.with_suffix('.jsonl').as_posix()};" in out.read_text()  # the rows it was made from
+
+
+def test_a_terminated_suite_stops_its_workers():
+    """SIGTERM to a suite running rows in spawned workers stops the workers too
+    (they used to keep pruning, and holding memory, after the suite was gone)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = "import time; from experiments.common import each_row; list(each_row(time.sleep, [120, 120], 2))"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
+
+    def children() -> list[int]:
+        kids = []
+        for d in Path("/proc").iterdir():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if d.name.isdigit() and int(stat.rsplit(")", 1)[1].split()[1]) == proc.pid:
+                kids.append(int(d.name))
+        return kids
+
+    deadline = time.time() + 60
+    while len(children()) < 2 and time.time() < deadline:  # the pool's workers have started
+        time.sleep(0.2)
+    workers = children()
+    assert len(workers) >= 2
+    time.sleep(2)  # let the workers take their jobs
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    deadline = time.time() + 30
+    alive = workers
+    while alive and time.time() < deadline:
+        alive = [w for w in workers if Path(f"/proc/{w}").exists()
+                 and (Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z")]
+        time.sleep(0.2)
+    assert not alive, f"workers {alive} outlived the suite"
