@@ -5,6 +5,7 @@
 
 * docs/results.md          <- docs/results.jsonl          (``experiments.methods --render-only``)
                               + docs/latency.jsonl        (its latency section, ``experiments.latency``)
+                              + docs/deployment.jsonl     (its deployment table, ``experiments.deployment``)
 * docs/personalization.md  <- docs/personalization.jsonl  (``experiments.personal --render-only``)
 * docs/recovery.md         <- docs/recovery.jsonl         (``experiments.recovery --render-only``)
 * docs/method.md: every block between ``<!-- generated: NAME -->`` and
@@ -68,15 +69,16 @@ def render_method(text: str) -> str:
 
 def pages() -> dict[Path, str]:
     """Every page as the rows render it now."""
-    from experiments import latency, methods, personal, recovery
+    from experiments import deployment, latency, methods, personal, recovery
 
     out = {}
     results = _rows("results.jsonl")
     if results:
         text = methods.render(results, methods.parse_args(["--out", str(DOCS / "results.md")]))
-        lat = _rows("latency.jsonl")
-        if lat:
-            text = text.rstrip("\n") + "\n\n" + "\n".join(latency.render(lat)).rstrip("\n") + "\n"
+        for name, render in (("latency.jsonl", latency.render), ("deployment.jsonl", deployment.render)):
+            rows = _rows(name)
+            if rows:
+                text = text.rstrip("\n") + "\n\n" + "\n".join(render(rows)).rstrip("\n") + "\n"
         out[DOCS / "results.md"] = text
     rows = _rows("personalization.jsonl")
     if rows:

@@ -126,13 +126,19 @@ def stage_equal_macs(args, cmd: str) -> None:
             names = list(variants)
             for runtime in args.runtimes:
                 timed = latency_grid.time_counts(loaded, [variants[k] for k in names], "local", runtime, 1,
-                                                 rounds=args.rounds, input_shape=shape)
+                                                 rounds=args.rounds, input_shape=shape, interleave=args.interleave)
                 for k, rounds in zip(names, timed):
                     ms = statistics.median(rounds)
                     _append({"stage": "equal-macs", "runtime": runtime, "user": user, "ratio": ratio, "variant": k,
-                             "counts": variants[k],
+                             "counts": variants[k], "timing": _timing(args),
                              "macs": sum(block_macs(sig, tokens, h, c) for h, c in variants[k]),
                              "measured_ms": round(ms, 3), "runs_ms": [round(t, 3) for t in rounds]}, cmd)
+
+
+def _timing(args) -> str:
+    if args.interleave:
+        return f"interleaved: one process, {args.interleave} inferences of each variant in turn per round"
+    return "processes: one runner process per variant and round"
 
 
 def stage_target(args, cmd: str) -> None:
@@ -205,20 +211,32 @@ def _render_model(rows: list[dict]) -> list[str]:
 
 
 def _render_equal(rows: list[dict]) -> list[str]:
-    out = _equal_table([r for r in rows if r["stage"] == "equal-macs"],
-                       "### hei's plans against uniform plans of the same MACs")
+    eq = [r for r in rows if r["stage"] == "equal-macs"]
+    inter = [r for r in eq if r.get("timing", "").startswith("interleaved")]
+    out = _equal_table(inter, "### hei's plans against uniform plans of the same MACs",
+                       "Each variant is exported once; all variants of one user and runtime are loaded in one "
+                       "process and run in turn, a block of inferences each, round after round (the order "
+                       "reversed every other round), so the host's slow changes of speed hit them alike; "
+                       "p50 ms is the median of the per-round medians.")
+    out += _equal_table([r for r in eq if r not in inter],
+                        "#### The same comparison timed one runner process per variant and round (kept for the record)"
+                        if inter else "### hei's plans against uniform plans of the same MACs",
+                        "Each variant is exported once and timed in rounds (one runner process per variant and "
+                        "round, the order reversed every round); p50 ms is the median over rounds. The runs of "
+                        "one process are bimodal on this host (about 20.5 or 24.5 ms for the same model), which "
+                        "is why the intervals are wide.")
     return out + _equal_table([r for r in rows if r["stage"] == "equal-macs-v1"],
-                              "#### The first, shorter run of the same comparison (2 rounds, a fresh export each round; kept for the record)")
+                              "#### The first, shorter run of the same comparison (2 rounds, a fresh export each round; kept for the record)",
+                              "Each variant exported afresh and timed by one runner process per round.")
 
 
-def _equal_table(eq: list[dict], title: str) -> list[str]:
+def _equal_table(eq: list[dict], title: str, how: str) -> list[str]:
     if not eq:
         return []
     out = [title, "",
            "Each line: one user's hei plan (seed 0 of the personalization suite) and a uniform plan "
            "with the same MACs (within one channel group), and hei's widths rounded to multiples of m "
-           "(`hei-xm`, MACs not above hei's). Each variant is exported once and timed in rounds (one runner "
-           "process per variant and round, the order reversed every round); p50 ms is the median over rounds.", "",
+           f"(`hei-xm`, MACs not above hei's). {how}", "",
            "| runtime | keep | user | variant | GMACs | p50 ms | vs uniform |", "|---|---|---|---|---|---|---|"]
     keys = sorted({(r["runtime"], r["ratio"], r["user"]) for r in eq})
     for rt, ratio, user in keys:
@@ -285,6 +303,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ratios", default="0.5")
     p.add_argument("--multiples", default="32,64")
     p.add_argument("--rounds", type=int, default=8, help="equal-macs: timing rounds per variant")
+    p.add_argument("--interleave", type=int, default=0, metavar="N",
+                   help="equal-macs: time the variants in one process, N inferences of each in turn per round "
+                   "(0: one runner process per variant and round)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--fraction", type=float, default=0.6)
     p.add_argument("--work", default="/tmp/pocketsize-latency-runs")

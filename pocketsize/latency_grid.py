@@ -318,14 +318,21 @@ def _monotone(table: dict[int, float]) -> dict[int, float]:
 
 
 def time_counts(loaded: Loaded, counts: Sequence[Sequence[tuple[int, int]]], device: str, runtime: str = "onnx",
-                threads: int = 1, rounds: int = 1, input_shape: Sequence[int] | None = None) -> list[list[float]]:
+                threads: int = 1, rounds: int = 1, input_shape: Sequence[int] | None = None,
+                interleave: int = 0) -> list[list[float]]:
     """Measured p50s (ms) of ``loaded`` cut to each per-block (heads, channels)
     list (the first units; timing only): how the latency model is validated.
     Each model is exported once and timed in ``rounds`` rounds, one runner
     process per model and round, the order reversed every round, so a drift of
-    the host hits every model alike. Returns one list of ``rounds`` p50s per model."""
+    the host hits every model alike. Returns one list of ``rounds`` p50s per model.
+
+    ``interleave`` N > 0 (local device only): all models in one process instead,
+    N inferences of each in turn per round (``benchmarks/runner/interleave.py``),
+    so that the host's state changes, which last seconds, hit every model alike."""
     from pocketsize.benchmarks.devices import get_device
 
+    if interleave and device != "local":
+        raise BadInput(f"interleaved timing runs on the local device only, not {device!r}; leave interleave off")
     loaded = with_head(loaded)
     shape = tuple(input_shape or (1, *loaded.adapter.preprocessing(loaded.model)["input_size"]))
     example = torch.zeros(*shape)
@@ -333,8 +340,27 @@ def time_counts(loaded: Loaded, counts: Sequence[Sequence[tuple[int, int]]], dev
     with get_device(device) as dev, tempfile.TemporaryDirectory(prefix="pocketsize-latency-") as tmp:
         timer = Timer(dev, runtime, threads, Path(tmp))
         paths = [timer.export(cut_to(loaded, cs).logits_module(), example) for cs in counts]
+        if interleave:
+            return _interleaved(paths, runtime, threads, shape, rounds, interleave)
         order = list(range(len(counts)))
         for r in range(rounds):
             for i in (order if r % 2 == 0 else order[::-1]):
                 times[i].append(timer.run(paths[i], shape))
     return times
+
+
+def _interleaved(paths: Sequence[Path], runtime: str, threads: int, shape: Sequence[int], rounds: int,
+                 block: int) -> list[list[float]]:
+    """Per model, one median per round from one local process that runs them all in turn."""
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "pocketsize.benchmarks.runner.interleave", "--runtime", runtime,
+           "--threads", str(threads), "--shape", ",".join(str(d) for d in shape), "--rounds", str(rounds),
+           "--block", str(block), *[str(p) for p in paths]]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BadInput(f"interleaved timing of {len(paths)} {runtime} models failed: {tail}")
+    return json.loads(out.stdout.strip().splitlines()[-1])["times_ms"]

@@ -154,6 +154,32 @@ def test_profile_refuses_emulated_devices_and_language_models(user, tiny_vit):
 
 
 
+def test_interleave_runner_alternates_models_and_reverses_the_order():
+    """benchmarks/runner/interleave.py: every model gets a block of inferences in every
+    round, in turn, and every other round in reverse, so a host state hits all alike."""
+    from pocketsize.benchmarks.runner.interleave import interleaved
+
+    calls = []
+    infers = [lambda x, i=i: calls.append(i) for i in range(3)]
+    times = interleaved(infers, None, rounds=2, block=2, warmup=1)
+    assert [len(t) for t in times] == [2, 2, 2] and all(t >= 0 for ts in times for t in ts)
+    assert calls == [0, 1, 2] + [0, 0, 1, 1, 2, 2] + [2, 2, 1, 1, 0, 0]
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "executorch"])
+def test_time_counts_interleaved_in_one_process(user, runtime):
+    """The equal-MACs comparison's timing: real artifacts of two widths, one local process."""
+    from pocketsize import latency_grid
+    from pocketsize.loading import load_model
+
+    loaded = load_model(str(user[0]))
+    counts = [[(4, 256)] * 3, [(1, 64)] * 3]
+    times = latency_grid.time_counts(loaded, counts, "local", runtime, 1, rounds=3, interleave=2)
+    assert [len(t) for t in times] == [3, 3] and all(t > 0 for ts in times for t in ts)
+    with pytest.raises(BadInput, match="local device only"):
+        latency_grid.time_counts(loaded, counts, "qemu-aarch64", runtime, 1, rounds=1, interleave=2)
+
+
 def reachable(lm: LatencyModel) -> float:
     """Halfway between the fastest plan (every block at one head and one channel group,
     as compress's floor) and the unpruned model, on this host's measured grid: a fixed

@@ -286,3 +286,28 @@ def test_a_terminated_suite_stops_its_workers():
                  and (Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z")]
         time.sleep(0.2)
     assert not alive, f"workers {alive} outlived the suite"
+
+
+def test_deployment_rows_come_from_the_runs_summary_and_render_side_by_side():
+    """experiments.deployment: every artifact row of a run's summary.json "deployment"
+    becomes a row with its cell and command; the table puts fp32 before int4, the
+    unpruned before the pruned, and flags a failed parity with its SNR."""
+    from experiments import deployment
+
+    cell = deployment.CELLS["smollm2"]
+    art = dict(status="ok", file_mb=100.0, peak_rss_mb=500.0, p50_ms=25.0, accuracy=None, snr_db=30.0)
+    summary = {"metric": "perplexity", "params_ratio": 0.85, "seconds": 10.0, "deployment": [
+        {**art, "variant": "compressed", "format": "onnx", "precision": "int4", "decode_tokens_per_s": 40.0,
+         "perplexity": 60.0, "parity": "FAILED", "snr_db": 9.5},
+        {**art, "variant": "original", "format": "onnx", "precision": "int4", "decode_tokens_per_s": 35.0,
+         "perplexity": 55.0, "parity": "passed"}]}
+    cmd = deployment.command(cell, "int4", "onnx", Path("/runs/smollm2-int4"))
+    assert cmd[:3] == ["pocketsize", "run", "zoo:smollm2-135m"] and cmd[cmd.index("--quantize") + 1] == "int4"
+    rows = deployment.collect(cell, "int4", cmd, summary)
+    fp32 = [{**r, "quantize": "none", "perplexity": 50.0, "parity": "passed", "snr_db": None} for r in rows]
+    text = "\n".join(deployment.render(rows + fp32))
+    lines = [line for line in text.splitlines() if line.startswith("| fp32") or line.startswith("| int4")]
+    assert [line.split(" | ")[:3] for line in lines] == [
+        ["| fp32", "unpruned", "onnx"], ["| fp32", "pruned, keep 0.85", "onnx"],
+        ["| int4", "unpruned", "onnx"], ["| int4", "pruned, keep 0.85", "onnx"]]
+    assert "| 40.0 | 60.00 | FAILED (9.5 dB) |" in lines[3] and "--quantize int4" in text
