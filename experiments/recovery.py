@@ -41,9 +41,12 @@ def flag(text: str) -> bool:
 RECIPE_KEYS = {"lr": float, "head_lr": float, "distill": flag, "final_share": float,
                "teacher": str, "recovery_loss": str, "lm_lr": float,  # lm_lr: LMOptions.lr, the language models' rate
                "lm_distill": float, "reconstruct": flag,  # lm_distill: LMOptions.distill, the KL weight
-               "finetune_steps": int}  # fine-tuning of the unpruned model before the cut (and the reference)
+               "finetune_steps": int,  # fine-tuning of the unpruned model before the cut (and the reference)
+               "lm_qat_group": int,  # LMOptions.qat_group: recovery through the int4 .onnx grid (0: off)
+               "channel_multiple": int}  # MLP widths in multiples of this (run --quantize int4: the group size)
 # keys that change the cut itself: a 0-step row is shared only by equal values
-CUT_KEYS = ("reconstruct", "finetune_steps")
+CUT_KEYS = ("reconstruct", "finetune_steps", "channel_multiple")
+LM_KEYS = ("lm_lr", "lm_distill", "lm_qat_group")  # LMOptions fields, without their lm_ prefix
 DEFAULT = "default"
 # the language models' general text: a fortunes category that is neither user's (other people's prose
 # quotes), the same held-out chunks for every row
@@ -73,7 +76,7 @@ def cut_recipe(spec: str) -> str:
 
 def _config(base, job: dict):
     fields = parse_recipe(job["recipe"])
-    lm = {k[3:]: fields.pop(k) for k in ("lm_lr", "lm_distill") if k in fields}
+    lm = {k[3:]: fields.pop(k) for k in LM_KEYS if k in fields}
     cfg = replace(base, ratio=job["ratio"], seed=job["seed"], recovery_steps=job["budget"],
                   finetuned_reference=job["reference"], **fields)
     return replace(cfg, lm=replace(cfg.lm, **lm)) if lm else cfg
@@ -114,7 +117,7 @@ def run_job(job: dict) -> dict:
 def recipe_config(cfg) -> dict:
     """Every recipe key's value in ``cfg`` (what a row records it ran with)."""
     return ({k: getattr(cfg, k) for k in RECIPE_KEYS if not k.startswith("lm_")}
-            | {"lm_lr": cfg.lm.lr, "lm_distill": cfg.lm.distill})
+            | {k: getattr(cfg.lm, k[3:]) for k in LM_KEYS})
 
 
 def _key(r: dict) -> tuple:

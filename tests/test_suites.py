@@ -156,13 +156,13 @@ def test_every_recovery_recipe_key_reaches_the_config_and_the_row():
     from pocketsize.compress import PruneConfig
 
     spec = ("lr=2e-6+head_lr=3e-4+distill=0+final_share=0.25+teacher=finetuned+recovery_loss=match+lm_lr=1e-4"
-            "+reconstruct=1+lm_distill=0.25+finetune_steps=3")
+            "+reconstruct=1+lm_distill=0.25+finetune_steps=3+lm_qat_group=32+channel_multiple=32")
     cfg = _config(PruneConfig(), {"recipe": spec, "ratio": 0.5, "seed": 0, "budget": 1, "reference": False})
     row = recipe_config(cfg)
     assert set(row) == set(RECIPE_KEYS)
     assert row == {"lr": 2e-6, "head_lr": 3e-4, "distill": False, "final_share": 0.25, "teacher": "finetuned",
                    "recovery_loss": "match", "lm_lr": 1e-4, "reconstruct": True, "lm_distill": 0.25,
-                   "finetune_steps": 3}
+                   "finetune_steps": 3, "lm_qat_group": 32, "channel_multiple": 32}
 
 
 def test_recovery_zero_step_rows_are_shared_only_by_recipes_with_the_same_cut():
